@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The two commands of the README; each does all of its own set-up on a fresh machine.
+#   bash run.sh demo [ARGS...]   install, then run the main job on the embedded default
+#   bash run.sh test             install, then run every check CI runs (CI's .ci/run calls exactly this)
+# The environment is a virtual env cached under ~/.cache/ssm_explore/venvs/<hash of requirements-lock.txt>
+# (override with SSM_EXPLORE_VENV); it is never created inside the repository.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+
+say()  { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+fail() { printf '\n\033[1;31mFAILED: %s\033[0m\n' "$*" >&2; exit 1; }
+
+setup_env() {
+  local key; key=$(cat requirements-lock.txt | sha256sum | cut -c1-16)
+  VENV=${SSM_EXPLORE_VENV:-$HOME/.cache/ssm_explore/venvs/$key}
+  if [ ! -f "$VENV/.complete" ]; then
+    say "creating the environment in $VENV (first run only, a few minutes)"
+    rm -rf "$VENV"; mkdir -p "$(dirname "$VENV")"
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+    "$VENV/bin/python" -m pip install -q -r requirements-lock.txt || fail "installing requirements-lock.txt"
+    touch "$VENV/.complete"
+  fi
+  # the package itself, editable, against the pinned environment (fails if settings.ini asks for more than the lock)
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+    || "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e . || fail "installing the ssm_explore package"
+  "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; fail "the environment does not satisfy settings.ini (update requirements-lock.txt)"; }
+  export PATH="$VENV/bin:$PATH"
+  export MPLBACKEND=Agg PYTHONHASHSEED=0
+}
+
+cmd_demo() {
+  setup_env
+  if python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('ssm_explore.demo') is None)"; then
+    ssm-explore demo "$@"
+  else
+    say "ssm-explore demo does not exist yet; running the pieces that do"
+    ssm-explore info
+    for b in $(python -c "from ssm_explore.cli import BENCHES, available; print(' '.join(available(BENCHES)))"); do
+      ssm-explore bench "$b" --quick
+    done
+  fi
+}
+
+cmd_test() {
+  setup_env
+  local t0=$SECONDS log; log=$(mktemp)
+  say "1/7 notebooks are clean (nbdev_clean changes nothing)"
+  python -m ssm_explore.devtools clean || fail "notebooks are not clean (see above)"
+  say "2/7 the library is what nbdev_export makes"
+  python -m ssm_explore.devtools export || fail "the library differs from the notebooks (see above)"
+  say "3/7 README.md is what nbs/index.ipynb makes"
+  python -m ssm_explore.devtools readme-check || fail "README.md is stale (see above)"
+  say "4/7 nbdev_test on every notebook (flags slow, cuda skipped)"
+  nbdev_test --n_workers 2 --timing 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -eq 0 ] || fail "nbdev_test: a notebook failed (named above)"
+  say "5/7 pytest tests/"
+  set +e; python -m pytest tests/ -q -p no:cacheprovider 2>&1 | tee "$log"; local rc=${PIPESTATUS[0]}; set -e
+  [ "$rc" -eq 0 ] || fail "pytest tests/ (exit $rc)"
+  local summary; summary=$(grep -E '[0-9]+ (passed|failed|error)' "$log" | tail -1 || true)
+  say "6/7 docs build (Quarto when present, else nbdev preprocessing + nbconvert) and page/figure checks"
+  if command -v quarto >/dev/null 2>&1; then
+    nbdev_docs || fail "nbdev_docs (Quarto)"
+  fi
+  python -m ssm_explore.devtools docs || fail "the docs build or its checks (see above)"
+  say "7/7 all checks passed in $((SECONDS - t0)) s"
+  echo "$summary"
+}
+
+case "${1:-}" in
+  demo) shift; cmd_demo "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  *) echo "usage: bash run.sh demo [ARGS...] | bash run.sh test" >&2; exit 2 ;;
+esac
