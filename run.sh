@@ -12,6 +12,9 @@ PY=${PYTHON:-python3}
 say()  { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 fail() { printf '\n\033[1;31mFAILED: %s\033[0m\n' "$*" >&2; exit 1; }
 
+# pip on these machines warns about missing local mirror folders for every package; keep real messages only
+quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
 setup_env() {
   local key; key=$(cat requirements-lock.txt | sha256sum | cut -c1-16)
   VENV=${SSM_EXPLORE_VENV:-$HOME/.cache/ssm_explore/venvs/$key}
@@ -19,8 +22,8 @@ setup_env() {
     say "creating the environment in $VENV (first run only, a few minutes)"
     rm -rf "$VENV"; mkdir -p "$(dirname "$VENV")"
     "$PY" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-    "$VENV/bin/python" -m pip install -q -r requirements-lock.txt || fail "installing requirements-lock.txt"
+    "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel 2>&1 | quiet_pip
+    "$VENV/bin/python" -m pip install -q -r requirements-lock.txt 2>&1 | quiet_pip; [ "${PIPESTATUS[0]}" -eq 0 ] || fail "installing requirements-lock.txt"
     touch "$VENV/.complete"
   fi
   # the package itself, editable, against the pinned environment (fails if settings.ini asks for more than the lock)
