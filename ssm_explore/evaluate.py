@@ -11,10 +11,11 @@ import numpy as np, pandas as pd, torch, torch.nn as nn
 from .core import atomic_write, save_json, load_json, sha256_file, env_info, stable_seed
 
 # %% auto #0
-__all__ = ['REPORT_MODELS', 'RESULT_COLUMNS', 'Normalized', 'create_model', 'severity_plan', 'chunk_path', 'predict', 'evaluate',
-           'load_results', 'bootstrap_ci', 'mcnemar_test', 'holm', 'expected_calibration_error', 'accuracy_table',
-           'per_class_accuracy', 'paired_comparisons', 'plot_best_worst', 'plot_severity_curves', 'plot_heatmap',
-           'code_version', 'manifest_hash', 'prepare_run', 'describe_model', 'summarize_run']
+__all__ = ['REPORT_MODELS', 'RESULT_COLUMNS', 'PUBLISHED_TOP1', 'Normalized', 'create_model', 'severity_plan', 'chunk_path',
+           'predict', 'evaluate', 'load_results', 'bootstrap_ci', 'mcnemar_test', 'holm', 'expected_calibration_error',
+           'accuracy_table', 'per_class_accuracy', 'paired_comparisons', 'plot_best_worst', 'plot_severity_curves',
+           'plot_heatmap', 'code_version', 'manifest_hash', 'prepare_run', 'describe_model', 'summarize_run',
+           'robustness_cli']
 
 # %% ../nbs/06_evaluate.ipynb #337f1ed6
 class Normalized(nn.Module):
@@ -372,3 +373,105 @@ def summarize_run(results:pd.DataFrame, run_dir, models:list|None=None, n_boot:i
         with atomic_write(p, 'wb') as f: fig.savefig(f, dpi=110, format='png')
         plt.close(fig); out['files'][name] = p
     return out
+
+# %% ../nbs/06_evaluate.ipynb #51f0a641
+PUBLISHED_TOP1 = {'vmamba_base': 83.9, 'swin_base_patch4_window7_224.ms_in1k': 83.604, 'convnext_base.fb_in1k': 83.838}
+
+def _parse_checkpoints(items:list)->dict:
+    out = {}
+    for it in items or []:
+        if '=' not in it: raise SystemExit(f'--checkpoint expects NAME=FILE, got {it!r}')
+        k, v = it.split('=', 1)
+        if not Path(v).is_file(): raise SystemExit(f'--checkpoint {k}: file not found: {v}')
+        out[k] = v
+    return out
+
+def _init_distributed():
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.distributed.is_initialized():
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    return _dist()
+
+def robustness_cli(argv:list)->int:
+    "`ssm-explore robustness`: the robustness study (embedded mini-study by default, ImageNet with --imagenet)."
+    import argparse
+    p = argparse.ArgumentParser(prog='ssm-explore robustness', description=robustness_cli.__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--imagenet', help='ImageNet-1k validation folder (val/<wnid>/*.JPEG, or flat with LOC_val_solution.csv or devkit labels)')
+    p.add_argument('--models', nargs='+', default=list(REPORT_MODELS), help='timm model names (real mode)')
+    p.add_argument('--checkpoint', action='append', metavar='NAME=FILE', help='local weights for a model (repeat per model)')
+    p.add_argument('--allow-random-weights', action='store_true', help='run models without a checkpoint (pipeline tests only)')
+    p.add_argument('--per-class', type=int, default=15, help='validation images sampled per class')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--transforms', default='all', help="comma-separated transform names, or 'all'")
+    p.add_argument('--severities', default='report', help="'report' (as the report configured them), 'all' (+ severities 1-5) or e.g. 1,3,5")
+    p.add_argument('--native-preprocessing', action='store_true', help="each model's own resize/crop instead of the common 256/224 geometry")
+    p.add_argument('--skip-bad-files', action='store_true', help='skip unreadable images (recorded in the run manifest) instead of stopping')
+    p.add_argument('--out', default=None, help='run folder (default runs/robustness or runs/mini_study)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument('--device', default=None)
+    p.add_argument('--quick', action='store_true', help='mini-study only: the ~2 minute CI-sized version')
+    a = p.parse_args(argv)
+    if a.imagenet is None:
+        from ssm_explore.ministudy import MiniStudyConfig, run_mini_study, print_mini_summary
+        cfg = MiniStudyConfig.quick(seed=a.seed) if a.quick else MiniStudyConfig(seed=a.seed, severities=a.severities if a.severities != 'report' else 'all')
+        res = run_mini_study(Path(a.out or 'runs/mini_study'), cfg)
+        print_mini_summary(res); return 0
+    return _real_study(a)
+
+def _real_study(a)->int:
+    from ssm_explore.data import imagenet_val_manifest, sample_per_class, TransformedImageDataset
+    from ssm_explore.transforms import TRANSFORM_NAMES, transform_spec
+    rank, world = _init_distributed()
+    ckpts = _parse_checkpoints(a.checkpoint)
+    missing = [m for m in a.models if m not in ckpts]
+    if missing and not a.allow_random_weights:
+        raise SystemExit('no weights for ' + ', '.join(missing) + ': pass --checkpoint NAME=FILE for each model '
+                         '(VMamba: the official .pth; timm models: their model.safetensors / pytorch_model.bin), '
+                         'or --allow-random-weights to test the pipeline')
+    out = Path(a.out or 'runs/robustness')
+    full = imagenet_val_manifest(a.imagenet)
+    sample = sample_per_class(full, per_class=a.per_class, seed=a.seed)
+    names = list(TRANSFORM_NAMES) if a.transforms == 'all' else [t.strip() for t in a.transforms.split(',')]
+    unknown = [t for t in names if t not in TRANSFORM_NAMES]
+    if unknown: raise SystemExit(f'unknown transforms {unknown}; known: {list(TRANSFORM_NAMES)}')
+    sev = a.severities if a.severities in ('report', 'all') else [int(s) for s in a.severities.split(',')]
+    plan = severity_plan(names, sev)
+    models = {m: create_model(m, ckpts.get(m)) for m in a.models}
+    specs = {f'{t}@{s}': transform_spec(t, s or None) for t, s in plan}
+    geometry = None if a.native_preprocessing else (256, 224)
+    if rank == 0:
+        prepare_run(out, sample, {m: describe_model(m, ckpts.get(m), models[m]) for m in models}, a.seed, geometry, specs,
+                    extra=dict(imagenet=str(a.imagenet), per_class=a.per_class, world_size=world))
+    if world > 1: torch.distributed.barrier()
+    skip = 'record' if a.skip_bad_files else 'raise'
+    def ds_for(geom):
+        return lambda t, s: TransformedImageDataset(sample, t, s or None, seed=a.seed, geometry=geom, root=None, on_error=skip)
+    if geometry is not None:
+        res = evaluate(models, ds_for(geometry), out, plan, a.batch_size, a.workers, a.device)
+    else:
+        for m, model in models.items():
+            cfg = _data_config(model); crop = cfg['input_size'][-1]
+            res = evaluate({m: model}, ds_for((int(math.floor(crop / cfg['crop_pct'])), crop)), out, plan, a.batch_size, a.workers, a.device)
+        res = load_results(out, plan, list(models))
+    if rank == 0:
+        summary = summarize_run(res, out, models=list(models))
+        acc = summary['accuracy']
+        print(acc[acc.severity == 0].pivot_table(index='transform', columns='model', values='top1').round(2).to_string())
+        for m in models:
+            if m in PUBLISHED_TOP1:
+                c = acc[(acc.model == m) & (acc.transform == 'clean')]
+                if len(c): print(f'{m}: clean top-1 {c.top1.iloc[0]:.2f} [{c.top1_lo.iloc[0]:.2f}, {c.top1_hi.iloc[0]:.2f}] '
+                                 f'(published on the full 50k set: {PUBLISHED_TOP1[m]})')
+        print(f'tables and figures in {out}')
+    if world > 1: torch.distributed.destroy_process_group()
+    return 0
+
+# %% ../nbs/06_evaluate.ipynb #c1baed8a
+def _in_ipython()->bool:
+    try: get_ipython; return True  # noqa: F821
+    except NameError: return False
+
+if __name__ == '__main__' and not _in_ipython(): sys.exit(robustness_cli(sys.argv[1:]))
