@@ -254,14 +254,14 @@ def _palette(models):
 def plot_best_worst(acc:pd.DataFrame, k:int=8, severity:int=0, models:list|None=None, title:str|None=None):
     "Figure 2: grouped top-1 bars (with 95% CI) on the best-k and worst-k transforms; dashed lines = clean accuracy."
     import matplotlib.pyplot as plt
-    a = acc[(acc.severity == severity) & (acc.transform != 'clean')]
+    a = acc[(acc.severity == severity) & (acc['transform'] != 'clean')]
     models = models or list(dict.fromkeys(acc.model))
     order = a.groupby('transform').top1.mean().sort_values(ascending=False).index.tolist()
     k = min(k, max(1, len(order) // 2)) if len(order) > 1 else 1
     groups = [('(a) best', order[:k]), ('(b) worst', order[-k:])]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
     pal = _palette(models); w = 0.8 / len(models)
-    clean = acc[acc.transform == 'clean'].set_index('model').top1
+    clean = acc[acc['transform'] == 'clean'].set_index('model').top1
     for ax, (name, ts) in zip(axes, groups):
         for j, m in enumerate(models):
             r = a[a.model == m].set_index('transform').reindex(ts)
@@ -279,14 +279,14 @@ def plot_severity_curves(acc:pd.DataFrame, models:list|None=None, ncols:int=5):
     "Top-1 vs severity (1-5) per transform, one line per model; severity 0 on the axis is the clean accuracy."
     import matplotlib.pyplot as plt
     models = models or list(dict.fromkeys(acc.model))
-    ts = [t for t in dict.fromkeys(acc.transform) if t != 'clean' and (acc[acc.transform == t].severity > 0).any()]
+    ts = [t for t in dict.fromkeys(acc['transform']) if t != 'clean' and (acc[acc['transform'] == t].severity > 0).any()]
     if not ts: raise ValueError('no graded severities in the table: evaluate with severities "all" or 1..5')
     nrows = math.ceil(len(ts) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.1 * nrows), sharex=True, sharey=True, squeeze=False)
-    pal = _palette(models); clean = acc[acc.transform == 'clean'].set_index('model').top1
+    pal = _palette(models); clean = acc[acc['transform'] == 'clean'].set_index('model').top1
     for ax, t in zip(axes.flat, ts):
         for m in models:
-            r = acc[(acc.model == m) & (acc.transform == t) & (acc.severity > 0)].sort_values('severity')
+            r = acc[(acc.model == m) & (acc['transform'] == t) & (acc.severity > 0)].sort_values('severity')
             xs, ys = list(r.severity), list(r.top1)
             if m in clean: xs, ys = [0] + xs, [clean[m]] + ys
             ax.plot(xs, ys, marker='o', ms=3, color=pal[m], label=m)
@@ -419,10 +419,12 @@ def robustness_cli(argv:list)->int:
         cfg = MiniStudyConfig.quick(seed=a.seed) if a.quick else MiniStudyConfig(seed=a.seed, severities=a.severities if a.severities != 'report' else 'all')
         res = run_mini_study(Path(a.out or 'runs/mini_study'), cfg)
         print_mini_summary(res); return 0
-    return _real_study(a)
+    try: return _real_study(a)
+    except (ValueError, KeyError, OSError) as e:   # bad input: one clear line naming the file or key, no traceback
+        print(f'ssm-explore robustness: error: {e}', file=sys.stderr); return 2
 
 def _real_study(a)->int:
-    from ssm_explore.data import imagenet_val_manifest, sample_per_class, TransformedImageDataset
+    from ssm_explore.data import imagenet_subset, TransformedImageDataset
     from ssm_explore.transforms import TRANSFORM_NAMES, transform_spec
     rank, world = _init_distributed()
     ckpts = _parse_checkpoints(a.checkpoint)
@@ -432,13 +434,14 @@ def _real_study(a)->int:
                          '(VMamba: the official .pth; timm models: their model.safetensors / pytorch_model.bin), '
                          'or --allow-random-weights to test the pipeline')
     out = Path(a.out or 'runs/robustness')
-    full = imagenet_val_manifest(a.imagenet)
-    sample = sample_per_class(full, per_class=a.per_class, seed=a.seed)
     names = list(TRANSFORM_NAMES) if a.transforms == 'all' else [t.strip() for t in a.transforms.split(',')]
     unknown = [t for t in names if t not in TRANSFORM_NAMES]
     if unknown: raise SystemExit(f'unknown transforms {unknown}; known: {list(TRANSFORM_NAMES)}')
     sev = a.severities if a.severities in ('report', 'all') else [int(s) for s in a.severities.split(',')]
     plan = severity_plan(names, sev)
+    # seeded class-balanced sample, decoded once to verify and hash every file (bad files stop the run, or are
+    # recorded as skipped with --skip-bad-files)
+    sample = imagenet_subset(a.imagenet, per_class=a.per_class, seed=a.seed, skip_bad=a.skip_bad_files)
     models = {m: create_model(m, ckpts.get(m)) for m in a.models}
     specs = {f'{t}@{s}': transform_spec(t, s or None) for t, s in plan}
     geometry = None if a.native_preprocessing else (256, 224)
@@ -446,9 +449,8 @@ def _real_study(a)->int:
         prepare_run(out, sample, {m: describe_model(m, ckpts.get(m), models[m]) for m in models}, a.seed, geometry, specs,
                     extra=dict(imagenet=str(a.imagenet), per_class=a.per_class, world_size=world))
     if world > 1: torch.distributed.barrier()
-    skip = 'record' if a.skip_bad_files else 'raise'
     def ds_for(geom):
-        return lambda t, s: TransformedImageDataset(sample, t, s or None, seed=a.seed, geometry=geom, root=None, on_error=skip)
+        return lambda t, s: TransformedImageDataset(sample, t, s or None, seed=a.seed, geometry=geom, root=a.imagenet)
     if geometry is not None:
         res = evaluate(models, ds_for(geometry), out, plan, a.batch_size, a.workers, a.device)
     else:
@@ -462,7 +464,7 @@ def _real_study(a)->int:
         print(acc[acc.severity == 0].pivot_table(index='transform', columns='model', values='top1').round(2).to_string())
         for m in models:
             if m in PUBLISHED_TOP1:
-                c = acc[(acc.model == m) & (acc.transform == 'clean')]
+                c = acc[(acc.model == m) & (acc['transform'] == 'clean')]
                 if len(c): print(f'{m}: clean top-1 {c.top1.iloc[0]:.2f} [{c.top1_lo.iloc[0]:.2f}, {c.top1_hi.iloc[0]:.2f}] '
                                  f'(published on the full 50k set: {PUBLISHED_TOP1[m]})')
         print(f'tables and figures in {out}')
