@@ -16,7 +16,9 @@ from .roads import (SegmentationData, sample_batch, fixed_patches, Augment, slid
 # %% auto #0
 __all__ = ['ds_weights', 'soft_dice', 'dice_ce_loss', 'downsample_target', 'deep_supervision_loss', 'confusion_counts',
            'dice_from_counts', 'grad_norms', 'select_frozen', 'freeze_parameters', 'unfreeze_all', 'TrainConfig',
-           'TrainingDiverged', 'poly_lr', 'init_distributed', 'Trainer']
+           'TrainingDiverged', 'poly_lr', 'init_distributed', 'Trainer', 'StudyConfig', 'build_study_model',
+           'model_from_checkpoint', 'pretrain_source', 'interleaved_step_times', 'run_finetune_study', 'figure1',
+           'figure5', 'format_study', 'finetune_cli']
 
 # %% ../nbs/10_finetune.ipynb #b38d6f6a
 def ds_weights(n:int)->list:
@@ -119,8 +121,10 @@ def freeze_parameters(model:nn.Module, names:list)->list:
     bad = [n for n in names if n not in params]
     if bad: raise KeyError(f"not parameters of the model: {bad[:5]}")
     for n in names: params[n].requires_grad_(False); params[n].grad = None
-    wrapped = []
+    wrapped, seen = [], set()
     def visit(prefix, m):
+        if id(m) in seen: return   # a module reachable by two paths (an alias) is handled once
+        seen.add(id(m))
         ps = list(m.parameters())
         if ps and not any(p.requires_grad for p in ps):
             if not hasattr(m.forward, '_ssm_frozen'): m.forward = _no_grad_forward(m.forward)
@@ -161,6 +165,7 @@ class TrainConfig:
     freeze_threshold: float = 0.5   # freeze parameters whose warm-up gradient norm < threshold × reference
     freeze_reference: str = 'median'
     freeze_measure: str = 'norm'
+    freeze_modules: tuple = ()      # module-name prefixes frozen too at the end of the warm-up (e.g. an input prefix)
     progress: bool = True
     device: str = 'cpu'
 
@@ -264,6 +269,8 @@ class Trainer:
             numel = {n: p.numel() for n, p in self.model.named_parameters()}
             save_json(dict(frozen=self.frozen, no_grad_modules=wrapped, n_frozen=len(self.frozen),
                            frozen_numel=sum(numel[n] for n in self.frozen), total_numel=sum(numel.values()),
+                           by_rule=getattr(self, 'frozen_by_rule', None), by_module=getattr(self, 'frozen_by_module', None),
+                           freeze_modules=list(self.cfg.freeze_modules),
                            threshold=self.cfg.freeze_threshold, reference=self.cfg.freeze_reference,
                            measure=self.cfg.freeze_measure, warmup_iters=self.cfg.freeze_warmup,
                            warmup_mean_norms=self.warm), self.out/'frozen.json')
@@ -286,7 +293,7 @@ class Trainer:
         gn = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grad_clip)
         if not torch.isfinite(gn): raise TrainingDiverged(f'non-finite gradient norm ({float(gn)})')
         self.optimizer.step()
-        return float(loss), float(gn)
+        return float(loss.detach()), float(gn)
 
     @torch.no_grad()
     def validate(self)->tuple:
@@ -364,7 +371,11 @@ class Trainer:
         c = self.cfg
         numel = {n: p.numel() for n, p in self.model.named_parameters()}
         names = select_frozen(self.warm, c.freeze_threshold, c.freeze_reference, c.freeze_measure, numel)
-        self._freeze(names)
+        extra = [n for n in numel if any(n == m or n.startswith(m + '.') for m in c.freeze_modules) and n not in names]
+        if c.freeze_modules and not extra and not any(any(n.startswith(m + '.') for m in c.freeze_modules) for n in names):
+            raise KeyError(f"freeze_modules {list(c.freeze_modules)} match no parameter of the model")
+        self.frozen_by_rule, self.frozen_by_module = names, extra
+        self._freeze(names + extra)
 
     # -- outputs ---------------------------------------------------------------------------------------------------
     def write_logs(self):
@@ -397,3 +408,316 @@ def _progress(it, desc:str, on:bool):
     if not on: return it
     from tqdm.auto import tqdm
     return tqdm(it, desc=desc, leave=False, mininterval=1., dynamic_ncols=True)
+
+# %% ../nbs/10_finetune.ipynb #50cd990f
+@dataclass
+class StudyConfig:
+    "Sizes of the three-regime study; `quick()` and `default()` are the embedded presets."
+    patch: int = 64
+    n_stages: int = 5
+    base_features: int = 16
+    max_features: int = 128
+    batch_size: int = 4
+    epochs: int = 12
+    iters_per_epoch: int = 25
+    pretrain_epochs: int = 12
+    freeze_warmup: int = 25
+    freeze_threshold: float = 0.5
+    freeze_reference: str = 'median'
+    freeze_measure: str = 'norm'
+    optimizer: str = 'sgd'
+    lr: float|None = None
+    n_train: int = 48
+    n_val: int = 8
+    n_test: int = 6
+    tile: int = 256
+    speed_rounds: int = 15
+    target_dice: float|None = None     # None: 90% of the best final pseudo Dice of the three regimes
+    seed: int = 0
+    prefix_modules: tuple = ('encoder.stem', 'encoder.stages.0')  # the full-resolution input prefix ('freeze_prefix')
+    regimes: tuple = ('scratch', 'full', 'freeze', 'freeze_prefix')
+
+    @classmethod
+    def quick(cls, **kw): return cls(**{**dict(epochs=5, iters_per_epoch=8, pretrain_epochs=5, freeze_warmup=8,
+                                               n_train=12, n_val=3, n_test=2, speed_rounds=6,
+                                               regimes=('scratch', 'full', 'freeze')), **kw})
+    @classmethod
+    def default(cls, **kw): return cls(**kw)
+
+    def train_config(self, **kw)->TrainConfig:
+        return TrainConfig(**{**dict(epochs=self.epochs, iters_per_epoch=self.iters_per_epoch, batch_size=self.batch_size,
+                                     patch=self.patch, optimizer=self.optimizer, lr=self.lr, seed=self.seed), **kw})
+
+    def model_args(self)->dict:
+        return dict(patch_size=(self.patch, self.patch), n_stages=self.n_stages, base_features=self.base_features,
+                    max_features=self.max_features)
+
+# %% ../nbs/10_finetune.ipynb #b311924e
+def build_study_model(cfg:StudyConfig, seed:int=0)->nn.Module:
+    "The study's network: a small UMambaBot (deep supervision on) sized for a CPU."
+    from ssm_explore.umamba import umamba_bot_small
+    torch.manual_seed(seed)
+    return umamba_bot_small(3, 2, True, **cfg.model_args())
+
+def model_from_checkpoint(path, num_classes:int=2)->tuple:
+    "(network built from a checkpoint's `init_args`, checkpoint dict): nnU-Net files carry the plan, ours the builder arguments."
+    from ssm_explore import umamba
+    ck = torch.load(path, map_location='cpu', weights_only=False)
+    ia = ck.get('init_args') if isinstance(ck, dict) else None
+    if not isinstance(ia, dict): raise ValueError(f"{path}: no 'init_args' to build the network from; build it yourself and use load_nnunet_checkpoint")
+    if 'model_args' in ia: model = umamba.umamba_bot_small(3, num_classes, True, **ia['model_args'])
+    elif 'plans' in ia and 'configuration' in ia:
+        variant = 'enc' if 'Enc' in str(ck.get('trainer_name', '')) else 'bot'
+        model = umamba.umamba_from_plans(ia['plans'], ia['configuration'], 3, num_classes, variant, True)
+    else: raise ValueError(f"{path}: init_args has neither 'model_args' nor 'plans' + 'configuration'")
+    return model, ck
+
+def pretrain_source(cfg:StudyConfig, out_dir=None, progress:bool=True)->Path:
+    "Train the study network on the synthetic source task (water) and return its checkpoint (cached by configuration)."
+    key = stable_seed('pretrain-v1', json.dumps(cfg.model_args()), cfg.pretrain_epochs, cfg.iters_per_epoch,
+                      cfg.batch_size, cfg.n_train, cfg.tile, cfg.seed, cfg.optimizer, cfg.lr) % 16**12
+    out = Path(out_dir) if out_dir else cache_dir('finetune', 'pretrained', f'{key:012x}')
+    final = out/'checkpoint_final.pth'
+    if final.exists(): return final
+    tc = cfg.train_config(progress=progress, epochs=cfg.pretrain_epochs, seed=cfg.seed + 1000)
+    src_train = synthetic_split('water', 'train', n=cfg.n_train, size=cfg.tile)
+    src_val = synthetic_split('water', 'valid', n=cfg.n_val, size=cfg.tile)
+    Trainer(build_study_model(cfg, cfg.seed + 1000), src_train, src_val, tc, out, 'pretrain (water)',
+            init_args=dict(model_args=cfg.model_args(), task='synthetic water')).fit()
+    return final
+
+# %% ../nbs/10_finetune.ipynb #d01068e2
+def interleaved_step_times(models:dict, # {name: model}, each with its own trainable set
+                           batches:list, # [(x, y)] batches to cycle through
+                           rounds:int=10, lr:float=1e-4)->dict:
+    "{name: median seconds of forward + backward + SGD step}, the models stepping in alternation."
+    opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=lr, momentum=0.99, nesterov=True)
+            for k, m in models.items()}
+    times = {k: [] for k in models}
+    for r in range(rounds + 1):
+        x, y = batches[r % len(batches)]
+        for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
+            m, o = models[k], opts[k]
+            t0 = time.perf_counter()
+            o.zero_grad(set_to_none=True); deep_supervision_loss(m(x), y).backward(); o.step()
+            if r: times[k].append(time.perf_counter() - t0)   # round 0 warms up
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+# %% ../nbs/10_finetune.ipynb #d0f60110
+def _test_dice(model:nn.Module, data:SegmentationData, patch:int)->float:
+    "Dice of the road class over whole tiles (sliding window, Gaussian stitching), tp/fp/fn summed over tiles."
+    counts = torch.zeros(1, 3, dtype=torch.float64)
+    for i in range(len(data)):
+        prob = sliding_window_predict(model, data.images[i], patch, stats=data.stats[i])
+        counts += confusion_counts(torch.from_numpy(prob)[None], torch.from_numpy(data.labels[i].astype(np.int64))[None])
+    return dice_from_counts(counts)
+
+def _time_to(log:dict, target:float)->float|None:
+    for d, t in zip(log['pseudo_dice'], log['wall_time']):
+        if d >= target: return float(t)
+    return None
+
+def run_finetune_study(out_dir, # report folder: one sub-folder per regime, results.json, figures
+                       quick:bool=False, # the ~1-minute preset instead of the default (a few minutes on 2 cores)
+                       roads=None, # Massachusetts Roads folder (either layout); None: the embedded generated data
+                       pretrained=None, # nnU-Net checkpoint_final.pth to fine-tune; None: pretrain on the source task
+                       cfg:StudyConfig|None=None, progress:bool=True, figures:bool=True)->dict:
+    "Train the three regimes, measure Dice / loss / speed, draw figures 1 and 5; returns the results (also in results.json)."
+    cfg = cfg or (StudyConfig.quick() if quick else StudyConfig.default())
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    rank, world = init_distributed()
+    t_start = time.perf_counter()
+    # data
+    if roads is None:
+        train = synthetic_split('roads', 'train', n=cfg.n_train, size=cfg.tile)
+        val = synthetic_split('roads', 'valid', n=cfg.n_val, size=cfg.tile)
+        test = synthetic_split('roads', 'test', n=cfg.n_test, size=cfg.tile)
+        data_desc = f'generated aerial roads ({cfg.n_train} train / {cfg.n_val} valid / {cfg.n_test} test tiles of {cfg.tile} px)'
+    else:
+        train = SegmentationData.from_folder(roads, 'train', limit=cfg.n_train)
+        val = SegmentationData.from_folder(roads, 'valid', limit=cfg.n_val)
+        test = SegmentationData.from_folder(roads, 'test', limit=cfg.n_test)
+        data_desc = f'Massachusetts Roads at {roads} ({len(train)} train / {len(val)} valid / {len(test)} test tiles)'
+    val_patches = fixed_patches(val, cfg.patch, 4, seed=cfg.seed)
+    # the pretrained network
+    if pretrained is None:
+        ck_path = pretrain_source(cfg, progress=progress and rank == 0)
+        make_model = lambda seed: build_study_model(cfg, seed)
+        source = 'the synthetic source task (water segmentation)'
+    else:
+        ck_path = Path(pretrained)
+        make_model = lambda seed: (torch.manual_seed(seed), model_from_checkpoint(ck_path)[0])[1]
+        source = str(ck_path)
+    from ssm_explore.umamba import load_nnunet_checkpoint
+    results, trainers = dict(config=asdict(cfg), data=data_desc, pretrained_from=source, world_size=world), {}
+    for regime in cfg.regimes:
+        model = make_model(cfg.seed)
+        if regime != 'scratch': load_nnunet_checkpoint(model, ck_path, strict='finetune', weights_only=False)
+        if regime not in ('scratch', 'full', 'freeze', 'freeze_prefix'): raise ValueError(f'unknown regime {regime!r}')
+        tc = cfg.train_config(progress=progress, freeze_warmup=cfg.freeze_warmup if regime.startswith('freeze') else 0,
+                              freeze_threshold=cfg.freeze_threshold, freeze_reference=cfg.freeze_reference,
+                              freeze_measure=cfg.freeze_measure,
+                              freeze_modules=tuple(cfg.prefix_modules) if regime == 'freeze_prefix' else ())
+        tr = Trainer(model, train, val_patches, tc, out/regime, regime, init_args=dict(model_args=cfg.model_args(), regime=regime))
+        tr.fit(); trainers[regime] = tr
+    if rank == 0:
+        summ = {k: t.summary() for k, t in trainers.items()}
+        for k, t in trainers.items(): summ[k]['test_dice'] = _test_dice(t.model, test, cfg.patch)
+        finals = [s['final_dice'] for s in summ.values() if s['final_dice'] is not None]
+        target = cfg.target_dice if cfg.target_dice is not None else 0.9*max(finals)
+        for k, t in trainers.items(): summ[k]['time_to_target'] = _time_to(t.log, target)
+        results.update(regimes=summ, target_dice=target)
+        frz = [k for k in trainers if k.startswith('freeze')]
+        if frz and 'full' in trainers:
+            results['speed'] = _speed(trainers, train, cfg)
+            results['frozen'] = {k: load_json(out/k/'frozen.json') for k in frz if (out/k/'frozen.json').exists()}
+        results['total_time'] = time.perf_counter() - t_start
+        if figures:
+            results['figures'] = dict(figure1=str(figure1(out/'full' if 'full' in trainers else out/cfg.regimes[0], out/'figure1_gradients.png',
+                                                          trainers.get('freeze') or trainers.get('freeze_prefix'))),
+                                      figure5=str(figure5({k: t.log for k, t in trainers.items()}, out/'figure5_regimes.png')))
+        save_json(results, out/'results.json')
+        with atomic_write(out/'summary.md') as f: f.write(format_study(results))
+    if world > 1: torch.distributed.barrier()
+    return results
+
+def _speed(trainers:dict, train:SegmentationData, cfg:StudyConfig)->dict:
+    "Per-iteration time of full fine-tuning vs the frozen sets: interleaved side by side, and the runs' logged medians."
+    src = trainers.get('freeze') or trainers.get('freeze_prefix')
+    base = copy.deepcopy(src.model); unfreeze_all(base)
+    numel = {n: p.numel() for n, p in base.named_parameters()}
+    rule = select_frozen(src.warm, cfg.freeze_threshold, cfg.freeze_reference, cfg.freeze_measure, numel)
+    prefix = [n for n in numel if any(n.startswith(m + '.') for m in cfg.prefix_modules)]
+    models = dict(full=base)
+    for k, names in (('freeze', rule), ('freeze_prefix', sorted(set(rule) | set(prefix)))):
+        m = copy.deepcopy(base); freeze_parameters(m, names); models[k] = m
+    batches = [sample_batch(train, cfg.batch_size, cfg.patch, cfg.seed + 7, s) for s in range(4)]
+    inter = interleaved_step_times(models, batches, cfg.speed_rounds)
+    out = dict(interleaved={k: v for k, v in inter.items()},
+               interleaved_speedup={k: 1 - inter[k]/inter['full'] for k in inter if k != 'full'})
+    logged = {k: (t.summary()['median_iter_time_after_warmup'] if k.startswith('freeze') else t.summary()['median_iter_time'])
+              for k, t in trainers.items() if k != 'scratch'}
+    out.update(logged=logged, logged_speedup={k: 1 - v/logged['full'] for k, v in logged.items() if k != 'full'})
+    return out
+
+# %% ../nbs/10_finetune.ipynb #cb10e926
+def _param_kind(name:str)->str:
+    if 'mamba' in name: return 'mamba'
+    if '.seg_layers.' in name or name.startswith('seg_layers'): return 'head'
+    if 'norm' in name: return 'norm'
+    return 'conv'
+
+def figure1(run_dir, # a run folder with grad_norms.csv (the study uses full fine-tuning)
+            path, # output PNG
+            freeze_trainer=None # the freezing run, to mark the threshold and the warm-up
+           )->Path:
+    "Figure 1: gradient norms of the Mamba layer's parameters vs the convolutions' over training."
+    import pandas as pd, matplotlib; import matplotlib.pyplot as plt
+    df = pd.read_csv(Path(run_dir)/'grad_norms.csv')
+    df['kind'] = df['name'].map(_param_kind)
+    fig, axs = plt.subplots(1, 2, figsize=(11, 3.8), dpi=90)
+    m = df[df.kind == 'mamba']
+    for name, g in m.groupby('name'):
+        axs[0].plot(g.step, g.norm.rolling(5, min_periods=1).mean(), lw=1, label=name.split('mamba_layer.')[-1])
+    axs[0].set(yscale='log', xlabel='iteration', ylabel='gradient L2 norm', title='(a) Mamba-layer parameters')
+    axs[0].legend(fontsize=6, ncol=2)
+    for kind, col in (('conv', 'tab:blue'), ('mamba', 'tab:red'), ('norm', 'tab:green'), ('head', 'tab:gray')):
+        g = df[df.kind == kind].groupby('step').norm
+        if not len(g): continue
+        med, lo, hi = g.median(), g.quantile(0.1), g.quantile(0.9)
+        axs[1].plot(med.index, med.rolling(5, min_periods=1).mean(), color=col, label=f'{kind} (median)')
+        axs[1].fill_between(med.index, lo.rolling(5, min_periods=1).mean(), hi.rolling(5, min_periods=1).mean(), color=col, alpha=0.15)
+    if freeze_trainer is not None and freeze_trainer.warm:
+        cut = freeze_trainer.cfg.freeze_threshold*float(np.median(list(freeze_trainer.warm.values())))
+        axs[1].axhline(cut, color='k', ls='--', lw=1, label='freezing threshold')
+    axs[1].set(yscale='log', xlabel='iteration', title='(b) per kind: median and 10–90% band')
+    axs[1].legend(fontsize=7)
+    fig.suptitle('Figure 1. Gradient norms during full fine-tuning', fontsize=10); fig.tight_layout()
+    fig.savefig(path); plt.close(fig)
+    return Path(path)
+
+def figure5(logs:dict, # {regime: Trainer.log}
+            path)->Path:
+    "Figure 5: validation loss and pseudo Dice per epoch for each regime, and against wall time."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(2, 2, figsize=(10, 6.5), dpi=90)
+    names = dict(scratch='from scratch', full='full fine-tuning', freeze='gradient freezing',
+                 freeze_prefix='gradient freezing + frozen input prefix')
+    for k, L in logs.items():
+        ep = np.array(L['epoch']) + 1
+        lab = f"{names.get(k, k)} ({L['wall_time'][-1]:.0f} s)"
+        axs[0, 0].plot(ep, L['val_loss'], marker='.', label=lab); axs[0, 1].plot(ep, L['pseudo_dice'], marker='.', label=lab)
+        axs[1, 0].plot(L['wall_time'], L['val_loss'], marker='.', label=lab); axs[1, 1].plot(L['wall_time'], L['pseudo_dice'], marker='.', label=lab)
+    axs[0, 0].set(xlabel='epoch', ylabel='validation loss (CE − Dice)', title='(a) validation loss per epoch')
+    axs[0, 1].set(xlabel='epoch', ylabel='pseudo Dice', title='(b) validation Dice per epoch')
+    axs[1, 0].set(xlabel='wall time (s)', ylabel='validation loss'); axs[1, 1].set(xlabel='wall time (s)', ylabel='pseudo Dice')
+    for a in axs.ravel(): a.grid(alpha=0.3); a.legend(fontsize=7)
+    fig.suptitle('Figure 5. Three regimes on roads', fontsize=10); fig.tight_layout()
+    fig.savefig(path); plt.close(fig)
+    return Path(path)
+
+def format_study(r:dict)->str:
+    "Markdown summary of `run_finetune_study` results."
+    lines = ['# Fine-tuning U-Mamba on roads: three regimes', '', f"Data: {r['data']}. Pretrained on: {r['pretrained_from']}.", '',
+             '| regime | final pseudo Dice | EMA Dice | test Dice (whole tiles) | val loss | median s/iter | trainable params | time to Dice ≥ %.3f |' % r['target_dice'],
+             '|---|---|---|---|---|---|---|---|']
+    for k, s in r['regimes'].items():
+        it = s['median_iter_time_after_warmup'] if k.startswith('freeze') else s['median_iter_time']
+        ttt = f"{s['time_to_target']:.1f} s" if s['time_to_target'] is not None else 'not reached'
+        lines.append(f"| {k} | {s['final_dice']:.4f} | {s['final_ema_dice']:.4f} | {s['test_dice']:.4f} | {s['final_val_loss']:.4f} | "
+                     f"{it:.4f} | {s['n_trainable']:,} / {s['n_params']:,} | {ttt} |")
+    if 'speed' in r:
+        sp = r['speed']
+        lines += ['', 'Time per training iteration against full fine-tuning (interleaved side by side on the same batches; '
+                      "in brackets the medians logged during the runs):", '']
+        for k, v in sp['interleaved_speedup'].items():
+            lg = f" ({100*sp['logged_speedup'][k]:.1f}% from the logs)" if k in sp['logged_speedup'] else ''
+            lines.append(f"- {k}: {sp['interleaved'][k]*1e3:.1f} ms vs {sp['interleaved']['full']*1e3:.1f} ms, "
+                         f"**{100*v:.1f}% faster**{lg}")
+    for k, f in (r.get('frozen') or {}).items():
+        lines += ['', f"{k}: frozen after {f['warmup_iters']} warm-up iterations — {len(f['by_rule'] or [])} tensors by the rule "
+                      f"(gradient norm < {f['threshold']} × {f['reference']})"
+                      + (f", {len(f['by_module'])} more in {', '.join(f['freeze_modules'])}" if f['freeze_modules'] else '')
+                      + f"; {f['frozen_numel']:,} of {f['total_numel']:,} parameters frozen; modules run without autograd: "
+                      f"{', '.join(f['no_grad_modules']) or 'none'}."]
+    lines += ['', f"Total time {r['total_time']:.0f} s."]
+    return '\n'.join(lines) + '\n'
+
+# %% ../nbs/10_finetune.ipynb #ed9e745a
+def finetune_cli(argv:list)->int:
+    "`ssm-explore finetune`: the three fine-tuning regimes, figures 1 and 5."
+    import argparse
+    p = argparse.ArgumentParser(prog='ssm-explore finetune', description='U-Mamba on roads: from scratch vs full fine-tuning vs gradient freezing.')
+    p.add_argument('--out', default='finetune_report', help='output folder (resumes the runs found there)')
+    p.add_argument('--quick', action='store_true', help='the ~1-minute version')
+    p.add_argument('--roads', help='Massachusetts Roads folder (original {train,valid,test}/{sat,map} or mirror tiff/ layout)')
+    p.add_argument('--pretrained', help="nnU-Net checkpoint_final.pth to fine-tune (default: pretrain on the synthetic source task)")
+    p.add_argument('--regimes', help='comma-separated subset of scratch,full,freeze,freeze_prefix')
+    p.add_argument('--epochs', type=int); p.add_argument('--iters', type=int, help='iterations per epoch')
+    p.add_argument('--warmup', type=int, help='warm-up iterations before freezing')
+    p.add_argument('--threshold', type=float, help='freeze below threshold x median gradient norm')
+    p.add_argument('--measure', choices=['norm', 'rms'], help='gradient score per tensor')
+    p.add_argument('--prefix', help="comma-separated module names frozen in 'freeze_prefix' (default encoder.stem,encoder.stages.0)")
+    p.add_argument('--patch', type=int); p.add_argument('--batch-size', type=int)
+    p.add_argument('--optimizer', choices=['sgd', 'adamw']); p.add_argument('--lr', type=float)
+    p.add_argument('--n-train', type=int, help='training tiles (generated, or read from --roads)')
+    p.add_argument('--seed', type=int)
+    p.add_argument('--threads', type=int, help='torch CPU threads (1 is fastest on a busy shared machine)')
+    p.add_argument('--no-progress', action='store_true')
+    a = p.parse_args(argv)
+    over = {k: v for k, v in dict(epochs=a.epochs, iters_per_epoch=a.iters, freeze_warmup=a.warmup, freeze_threshold=a.threshold,
+                                  freeze_measure=a.measure, patch=a.patch, batch_size=a.batch_size, optimizer=a.optimizer,
+                                  lr=a.lr, n_train=a.n_train, seed=a.seed).items() if v is not None}
+    if a.regimes: over['regimes'] = tuple(r.strip() for r in a.regimes.split(',') if r.strip())
+    if a.prefix: over['prefix_modules'] = tuple(m.strip() for m in a.prefix.split(',') if m.strip())
+    if a.threads: torch.set_num_threads(a.threads)
+    try:
+        if a.roads: from ssm_explore.roads import roads_layout; roads_layout(a.roads)
+        if a.pretrained and not Path(a.pretrained).is_file(): raise FileNotFoundError(f'--pretrained: no such file {a.pretrained}')
+        cfg = StudyConfig.quick(**over) if a.quick else StudyConfig.default(**over)
+        r = run_finetune_study(a.out, quick=a.quick, roads=a.roads, pretrained=a.pretrained, cfg=cfg, progress=not a.no_progress)
+    except TrainingDiverged as e: print(f'ssm-explore finetune: {e}', file=sys.stderr); return 3
+    except (FileNotFoundError, ValueError, KeyError) as e: print(f'ssm-explore finetune: error: {e}', file=sys.stderr); return 2
+    if _dist()[0] == 0:
+        print(format_study(r)); print(f"written to {Path(a.out).resolve()}: results.json, summary.md, " + ', '.join(Path(v).name for v in r.get('figures', {}).values()))
+    return 0
