@@ -9,7 +9,7 @@ import torch, torch.nn.functional as F
 from .core import has_backend, require_backend
 
 # %% auto #0
-__all__ = ['selective_scan_ref', 'selective_scan_fn']
+__all__ = ['selective_scan_ref', 'SelectiveScanFn', 'selective_scan_fn']
 
 # %% ../nbs/01_scan.ipynb #67f529f8
 def _compute_dtype(*ts):
@@ -78,33 +78,224 @@ def selective_scan_ref(u:torch.Tensor, # (batch, dim, L) input
     out = y.to(u.dtype)
     return (out, h) if return_last_state else out
 
-# %% ../nbs/01_scan.ipynb #d2e64733
+# %% ../nbs/01_scan.ipynb #73404f16
+_SLAB = 32768      # elements advanced by one sequential step (hides the per-operation overhead)
+_BLOCK = 1 << 22   # elements in one time block of (n_c, k, batch, dim, N) temporaries (16 MB in fp32)
+
+def _divisor_near(L, target):
+    "A divisor of L within a factor 1.5 of `target` (nearest), or None: chunks that tile L need no padding."
+    cands = [n for n in range(max(1, int(target / 1.5)), int(target * 1.5) + 1) if L % n == 0]
+    return min(cands, key=lambda n: abs(n - target)) if cands else None
+
+def _plan(b, d, L, N):
+    "Number of chunks `n_c`, chunk length `T` and time-block length `k` for a scan of this size."
+    slab = b * d * N
+    n_c = max(1, min(math.isqrt(max(L, 1)), round(_SLAB / slab)))
+    if n_c > 1: n_c = _divisor_near(L, n_c) or n_c
+    T = -(-L // n_c); n_c = -(-L // T)
+    return n_c, T, max(1, min(T, _BLOCK // (n_c * slab)))
+
+def _to_tm(X, Lp, dtype):
+    "(b, c, L) -> time-major (Lp, b, c) in `dtype`, zero-padded to Lp steps."
+    b, c, L = X.shape
+    out = X.new_empty((Lp, b, c), dtype=dtype)
+    src = X.reshape(b * c, L)
+    out.view(Lp, b * c)[:L].copy_((src if src.dtype == dtype else src.to(dtype)).t())
+    if Lp > L: out[L:].zero_()
+    return out
+
+def _from_tm(Y, L):
+    "Time-major (Lp, b, c) -> (b, c, L)."
+    Lp, b, c = Y.shape
+    out = Y.new_empty((b, c, L))
+    out.view(b * c, L).copy_(Y.view(Lp, b * c)[:L].t())
+    return out
+
+# %% ../nbs/01_scan.ipynb #b569cf6b
+class _Scan:
+    "Time-major, chunked operands of one scan and the plan; shared by the forward and the backward pass."
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, ct):
+        b, d, L = u.shape; N = A.shape[1]
+        self.b, self.d, self.L, self.N, self.ct = b, d, L, N, ct
+        self.G, self.GC = B.shape[1], C.shape[1]
+        self.n_c, self.T, self.k = _plan(b, d, L, N)
+        self.Lp = self.n_c * self.T
+        self.A = A.to(ct)
+        self.u = _to_tm(u, self.Lp, ct)                                   # (Lp, b, d)
+        self.pre = _to_tm(delta, self.Lp, ct)                             # delta + bias, (Lp, b, d)
+        if delta_bias is not None: self.pre[:L] += delta_bias.to(ct)
+        self.dt = F.softplus(self.pre) if delta_softplus else self.pre    # Δ, (Lp, b, d)
+        if self.Lp > L: self.dt[L:] = 0                                   # padding: decay 1, no input
+        self.B = _to_tm(B.reshape(b, -1, L), self.Lp, ct)                 # (Lp, b, G*N)
+        self.C = _to_tm(C.reshape(b, -1, L), self.Lp, ct)
+
+    def blocks(self): return [(t0, min(self.T, t0 + self.k)) for t0 in range(0, self.T, self.k)]
+    def chunked(self, X): return X.view(self.n_c, self.T, *X.shape[1:])  # (Lp, ...) -> (n_c, T, ...)
+    def grp(self, X, G, t0, t1):
+        "Steps t0:t1 of B or C as (n_c, k, b, G, 1, N), to broadcast over the channels of each group."
+        v = self.chunked(X)[:, t0:t1]
+        return v.view(*v.shape[:3], G, 1, self.N)
+
+    def decay_input(self, t0, t1, need_x=True):
+        "Steps t0:t1 of every chunk: a = exp(ΔA), x = Δ u B (n_c, k, b, d, N) and Δ u (n_c, k, b, d)."
+        n_c, b, d, N, G = self.n_c, self.b, self.d, self.N, self.G
+        dt, k = self.chunked(self.dt)[:, t0:t1], t1 - t0
+        a = dt.new_empty((n_c, k, b, d, N))
+        torch.mul(dt.unsqueeze(-1), self.A, out=a).exp_()
+        if not need_x: return a, None, None
+        dtu = torch.mul(dt, self.chunked(self.u)[:, t0:t1], out=dt.new_empty((n_c, k, b, d)))
+        x = dt.new_empty((n_c, k, b, d, N))
+        torch.mul(dtu.view(n_c, k, b, G, d // G, 1), self.grp(self.B, G, t0, t1), out=x.view(n_c, k, b, G, d // G, N))
+        return a, x, dtu
+
+    def chunk_decay(self):
+        "Total decay of every chunk, exp(A Σ_chunk Δ): (n_c, b, d, N), in (0, 1] for negative A."
+        return torch.exp(self.chunked(self.dt).sum(1).unsqueeze(-1) * self.A)
+
+def _hmul_sum(h, C, G):
+    "Σ_n h C: h (n_c, k, b, d, N), C (n_c, k, b, G, 1, N) -> (n_c, k, b, d)."
+    n_c, k, b, d, N = h.shape
+    if N == 1: return (h.view(n_c, k, b, G, d // G) * C[..., 0]).view(n_c, k, b, d)
+    M = n_c * k * b * G
+    return torch.bmm(h.reshape(M, d // G, N), C.reshape(M, N, 1)).view(n_c, k, b, d)
+
+def _grp_sum(X, v, G):
+    "Σ over the channels of each group of X v: X (n_c, k, b, d, N), v (n_c, k, b, d) -> (n_c, k, b, G*N)."
+    n_c, k, b, d, N = X.shape; H = d // G
+    if N == 1: return (X.view(n_c, k, b, G, H) * v.view(n_c, k, b, G, H)).sum(-1)
+    M = n_c * k * b * G
+    return torch.bmm(v.reshape(M, 1, H), X.reshape(M, H, N)).view(n_c, k, b, G * N)
+
+# %% ../nbs/01_scan.ipynb #3e1a62ff
+def _fwd(s:_Scan):
+    "Chunked scan. Returns y = Σ_n C h (Lp, b, d), the states at each time block's start and h_L (b, d, N)."
+    n_c, b, d, N = s.n_c, s.b, s.d, s.N
+    blocks = s.blocks()
+    cache = s.decay_input(*blocks[0]) if len(blocks) == 1 else None   # one block: compute a, x once
+    Hin = s.dt.new_zeros((n_c, b, d, N))
+    if n_c > 1:
+        h = s.dt.new_zeros((n_c, b, d, N))                             # 1. local pass from zero states
+        for t0, t1 in blocks:
+            a, x, _ = cache or s.decay_input(t0, t1)
+            for t in range(t1 - t0): torch.addcmul(x[:, t], a[:, t], h, out=h)
+        P = s.chunk_decay()                                            # 2. carry entry states across chunks
+        for c in range(1, n_c): torch.addcmul(h[c - 1], P[c - 1], Hin[c - 1], out=Hin[c])
+    y = s.dt.new_empty((s.Lp, b, d))
+    starts, h = [], Hin
+    for t0, t1 in blocks:                                              # 3. true pass
+        starts.append(h)
+        a, x, _ = cache or s.decay_input(t0, t1)
+        for t in range(t1 - t0):
+            torch.addcmul(x[:, t], a[:, t], h, out=x[:, t]); h = x[:, t]
+        h = h.clone()
+        s.chunked(y)[:, t0:t1] = _hmul_sum(x, s.grp(s.C, s.GC, t0, t1), s.GC)
+    return y, torch.stack(starts), h[-1]
+
+# %% ../nbs/01_scan.ipynb #f826891d
+def _bwd(s:_Scan, starts, dy, dlast):
+    "Backward of `_fwd`. dy: (Lp, b, d) gradient of y; dlast: (b, d, N) or None. Returns dΔ, du, dA, dB, dC, y."
+    n_c, b, d, N, G, GC = s.n_c, s.b, s.d, s.N, s.G, s.GC
+    blocks = s.blocks()
+    def decay_w(t0, t1, need_x=True):
+        a, x, dtu = s.decay_input(t0, t1, need_x)
+        w, k = a.new_empty(a.shape), t1 - t0                          # w = C ȳ, the adjoint's input
+        torch.mul(s.chunked(dy)[:, t0:t1].reshape(n_c, k, b, GC, d // GC, 1), s.grp(s.C, GC, t0, t1),
+                  out=w.view(n_c, k, b, GC, d // GC, N))
+        return a, x, dtu, w, a * w
+    R = s.dt.new_zeros((n_c, b, d, N))                                 # r entering each chunk from its right
+    if dlast is not None: R[-1] = dlast
+    if n_c > 1:
+        r = s.dt.new_zeros((n_c, b, d, N))                             # 1. local reverse pass
+        for t0, t1 in reversed(blocks):
+            a, _, _, _, aw = decay_w(t0, t1, False)
+            for t in reversed(range(t1 - t0)): torch.addcmul(aw[:, t], a[:, t], r, out=r)
+        P = s.chunk_decay()                                            # 2. carry, right to left
+        for c in range(n_c - 1, 0, -1): torch.addcmul(r[c], P[c], R[c], out=R[c - 1])
+    ddt, du, y = (s.dt.new_empty((s.Lp, b, d)) for _ in range(3))
+    dB, dC = s.dt.new_empty((s.Lp, b, G * N)), s.dt.new_empty((s.Lp, b, GC * N))
+    dA, rnext = torch.zeros_like(s.A), R
+    for j, (t0, t1) in reversed(list(enumerate(blocks))):              # 3. true pass, all gradients
+        a, x, dtu, w, aw = decay_w(t0, t1)
+        k = t1 - t0
+        hb = x.new_empty((n_c, k + 1, b, d, N)); hb[:, 0] = starts[j]  # h_{t-1}, h_t for the block
+        for t in range(k): torch.addcmul(x[:, t], a[:, t], hb[:, t], out=hb[:, t + 1])
+        rb = x.new_empty((n_c, k + 1, b, d, N)); rb[:, k] = rnext      # r_t, r_{t+1}
+        for t in reversed(range(k)): torch.addcmul(aw[:, t], a[:, t], rb[:, t + 1], out=rb[:, t])
+        rnext = rb[:, 0].clone()
+        dtb, ub, dyb = (s.chunked(X)[:, t0:t1] for X in (s.dt, s.u, dy))
+        h = hb[:, 1:]
+        s.chunked(y)[:, t0:t1] = _hmul_sum(h, s.grp(s.C, GC, t0, t1), GC)
+        s.chunked(dC)[:, t0:t1] = _grp_sum(h, dyb, GC)
+        g = w.add_(rb[:, 1:])                                          # ∂x
+        sg = _hmul_sum(g, s.grp(s.B, G, t0, t1), G)                    # Σ_n g B
+        s.chunked(dB)[:, t0:t1] = _grp_sum(g, dtu, G)
+        Q = rb[:, :k].mul_(hb[:, :k])                                  # ∂a·a = r_t h_{t-1}
+        dA += (Q * dtb.unsqueeze(-1)).sum((0, 1, 2))
+        qa = Q.mul_(s.A).sum(-1) if N > 1 else Q.mul_(s.A)[..., 0]
+        torch.addcmul(qa, sg, ub, out=s.chunked(ddt)[:, t0:t1])
+        torch.mul(sg, dtb, out=s.chunked(du)[:, t0:t1])
+    return ddt, du, dA, dB, dC, y
+
+# %% ../nbs/01_scan.ipynb #cf379ec4
+def _prep_bc(X, b, d, L):
+    "B or C as (b, G, N, L); a constant (d, N) becomes `d` groups of one channel."
+    if X.dim() == 2: return X[None, :, :, None].expand(b, d, X.shape[1], L)
+    return X.unsqueeze(1) if X.dim() == 3 else X
+
+def _reduce_bc(g, X):
+    "Gradient (b, G, N, L) back to the shape X was given in."
+    if X.dim() == 2: return g.sum((0, 3))
+    return g[:, 0] if X.dim() == 3 else g
+
+class SelectiveScanFn(torch.autograd.Function):
+    "Chunked selective scan with its own chunked backward (see `selective_scan_fn`)."
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        b, d, L, N, _, _ = _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+        ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+        s = _Scan(u, delta, A, _prep_bc(B, b, d, L), _prep_bc(C, b, d, L), delta_bias, delta_softplus, ct)
+        y, starts, hlast = _fwd(s)
+        y = _from_tm(y, L)
+        if D is not None: y.addcmul_(u.to(ct), D.to(ct)[:, None])
+        if z is not None: y.mul_(F.silu(z.to(ct)))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
+        ctx.delta_softplus = delta_softplus
+        ctx.set_materialize_grads(False)
+        return y.to(u.dtype), hlast
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
+        b, d, L = u.shape
+        ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+        s = _Scan(u, delta, A, _prep_bc(B, b, d, L), _prep_bc(C, b, d, L), delta_bias, ctx.delta_softplus, ct)
+        dout = torch.zeros(u.shape, dtype=ct, device=u.device) if dout is None else dout.to(ct)
+        if z is not None:
+            zc = z.to(ct); sz = torch.sigmoid(zc)
+            dy = dout * zc * sz                                        # through the gate silu(z) = z σ(z)
+        else: dy = dout
+        ddt, du, dA, dB, dC, y = _bwd(s, starts, _to_tm(dy, s.Lp, ct), None if dlast is None else dlast.to(ct))
+        if ctx.delta_softplus: ddt.mul_(torch.sigmoid(s.pre))
+        ddt, du = _from_tm(ddt, L), _from_tm(du, L)
+        dB = _reduce_bc(_from_tm(dB, L).view(b, s.G, s.N, L), B)
+        dC = _reduce_bc(_from_tm(dC, L).view(b, s.GC, s.N, L), C)
+        uc, dD, dz = u.to(ct), None, None
+        if D is not None: dD = (dy * uc).sum((0, 2)); du.addcmul_(dy, D.to(ct)[:, None])
+        if z is not None:
+            y = _from_tm(y, L)
+            if D is not None: y.addcmul_(uc, D.to(ct)[:, None])
+            dz = y.mul_(dout).mul_(sz * (1 + zc * (1 - sz)))
+        dbias = ddt.sum((0, 2)) if delta_bias is not None else None
+        cast = lambda g, x: None if g is None or x is None else g.to(x.dtype)
+        return (cast(du, u), cast(ddt, delta), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), cast(dz, z),
+                cast(dbias, delta_bias), None)
+
 def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
-    b, d, L, N, _, _ = _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    dt = delta.to(ct)
-    if delta_bias is not None: dt = dt + delta_bias.to(ct)[:, None]
-    if delta_softplus: dt = F.softplus(dt)
-    uc = u.to(ct)
-    Bd, Cd = _per_channel(B, b, d, L, ct), _per_channel(C, b, d, L, ct)
-    h = u.new_zeros((b, d, N), dtype=ct)
-    ys, K = [], 64
-    for s in range(0, L, K):
-        e = min(L, s + K)
-        a = torch.exp(dt[:, :, s:e, None] * A.to(ct)[:, None])            # (b, d, k, N)
-        x = (dt[:, :, s:e] * uc[:, :, s:e])[..., None] * Bd[..., s:e].transpose(-1, -2)
-        hs = []
-        for t in range(e - s):
-            h = a[:, :, t] * h + x[:, :, t]
-            hs.append(h)
-        ys.append((torch.stack(hs, 2) * Cd[..., s:e].transpose(-1, -2)).sum(-1))
-    y = torch.cat(ys, -1) if L else uc.new_zeros((b, d, 0))
-    if D is not None: y = y + uc * D.to(ct)[:, None]
-    if z is not None: y = y * F.silu(z.to(ct))
-    out = y.to(u.dtype)
+    "The fast pure-PyTorch path (chunked scan with a custom backward)."
+    out, h = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return (out, h) if return_last_state else out
 
-# %% ../nbs/01_scan.ipynb #73404f16
+# %% ../nbs/01_scan.ipynb #cc7ebe6d
 _BACKENDS = ('auto', 'torch', 'ref', 'cuda')
 
 def _resolve_backend(backend, u):
@@ -127,6 +318,9 @@ def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
     "Selective scan with mamba-ssm's signature and semantics. Returns out: (batch, dim, L) in u's dtype (and h_L)."
     be = _resolve_backend(backend, u)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if be == 'cuda': return require_backend('mamba_ssm').selective_scan_fn(*args)
+    if be == 'cuda':
+        fn = require_backend('mamba_ssm').selective_scan_fn
+        if not u.is_cuda: raise ValueError("backend='cuda' (mamba-ssm's kernel) needs CUDA tensors; use backend='torch' on CPU")
+        return fn(*args)
     if be == 'ref': return selective_scan_ref(*args)
     return _scan_torch(*args)
