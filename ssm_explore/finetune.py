@@ -54,7 +54,9 @@ def deep_supervision_loss(outputs, # list of (B,C,h_i,w_i), full resolution firs
     "Weighted sum of `dice_ce_loss` over the deep-supervision outputs (targets downsampled per output)."
     if torch.is_tensor(outputs): return dice_ce_loss(outputs, target, batch_dice)
     w = ds_weights(len(outputs))
-    return sum(wi*dice_ce_loss(o, downsample_target(target, o.shape[-2:]), batch_dice) for wi, o in zip(w, outputs) if wi)
+    # outputs of weight 0 still join the graph (with a zero gradient), so DDP sees every parameter used
+    return sum(wi*dice_ce_loss(o, downsample_target(target, o.shape[-2:]), batch_dice) if wi else 0.*o.sum()
+               for wi, o in zip(w, outputs))
 
 # %% ../nbs/10_finetune.ipynb #0085cb7b
 def confusion_counts(logits:torch.Tensor, target:torch.Tensor)->torch.Tensor:
