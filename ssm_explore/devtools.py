@@ -4,12 +4,13 @@
 
 # %% ../nbs/98_devtools.ipynb #7fcfc668
 from __future__ import annotations
-import hashlib, html, json, re, shutil, subprocess, sys
+import contextlib, hashlib, html, json, re, shutil, subprocess, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CheckFailed', 'project_root', 'check_clean', 'check_export', 'readme_text', 'make_readme', 'check_readme',
-           'expected_figures', 'build_docs', 'check_docs']
+__all__ = ['WIDGET_JS', 'CheckFailed', 'project_root', 'check_clean', 'check_export', 'readme_text', 'make_readme',
+           'check_readme', 'expected_figures', 'build_docs', 'check_docs', 'widget_js', 'browser_check',
+           'browser_pages']
 
 # %% ../nbs/98_devtools.ipynb #f36fe579
 class CheckFailed(Exception):
@@ -120,28 +121,57 @@ def expected_figures(nb)->int:
             if m: n = max(n, int(m.group(1)))
     return n
 
+@contextlib.contextmanager
+def _strict_doc_eval():
+    """nbdev executes, at docs time, every cell that contains an import; a test cell that imports something and then
+    uses names from earlier (unexecuted) cells would fail the build. Here only exported, `exec_doc`, `show_doc` and
+    *pure* import cells run at docs time; other cells keep their stored outputs."""
+    import ast, warnings
+    import nbdev.processors as P
+    orig = P._do_eval
+    def strict(cell):
+        if not orig(cell): return False
+        if cell.directives_.keys() & {'export', 'exports', 'exporti', 'exec_doc'}: return True
+        trees = cell.parsed_()
+        if P._show_docs(trees): return True
+        return all(isinstance(n, (ast.Import, ast.ImportFrom)) for t in trees for n in getattr(t, 'body', [t]))
+    P._do_eval = strict
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Found cells containing imports')
+            yield
+    finally: P._do_eval = orig
+
 def build_docs(root=None, out:str='_docs', n_workers:int=0)->Path:
     "Build the site without Quarto: nbdev preprocessing into `_proc/`, nbconvert to HTML into `out`."
     import nbformat
     from nbconvert import HTMLExporter
     from nbdev.serve import proc_nbs
     root = project_root(root); out = root/out
-    proc = proc_nbs(n_workers=n_workers, force=True)
+    with _strict_doc_eval(): proc = proc_nbs(n_workers=0, force=True)
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
     pages = _pages(root)
     titles = {p.stem: _nb_title(nbformat.read(p, as_version=4)) for p in pages}
     nav = ' · '.join(f'<a href="{s}.html">{html.escape(t)}</a>' for s, t in titles.items())
-    exporter = HTMLExporter(template_name='lab')
+    js = widget_js(out/'js')
+    exporter = HTMLExporter(template_name='lab', require_js_url=js['require'], widget_renderer_url=js['embed'],
+                            exclude_input_prompt=True, exclude_output_prompt=True)
     for p in pages:
         src = proc/p.name
         if not src.exists(): raise CheckFailed(f'{p.relative_to(root)}: nbdev preprocessing produced no {src.relative_to(root)}')
         nb = nbformat.read(src, as_version=4)
-        nb.cells = [c for c in nb.cells if not (c.cell_type == 'raw' and c.source.lstrip().startswith('---'))]
+        fm = [c for c in nb.cells if c.cell_type == 'raw' and c.source.lstrip().startswith('---')]
+        nb.cells = [c for c in nb.cells if c not in fm]
+        if fm:   # nbdev moved the title and summary into Quarto frontmatter: show them as Quarto would
+            t = re.search(r'^title:\s*(.+)$', fm[0].source, re.MULTILINE); d = re.search(r'^description:\s*(.+)$', fm[0].source, re.MULTILINE)
+            head = (f'# {t.group(1).strip(chr(34)+chr(39))}' if t else '') + (f'\n\n> {d.group(1).strip(chr(34)+chr(39))}' if d else '')
+            if head: nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
         body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': titles[p.stem]}})
         body = body.replace('<body', f'<body data-ssm-page="{p.stem}"', 1)
         body = re.sub(r'(<body[^>]*>)', r'\1' + f'<nav class="ssm-nav" style="padding:.5em 1em;border-bottom:1px solid #ccc">{nav}</nav>', body, count=1)
         body = re.sub(r'href="([\w.-]+)\.ipynb"', r'href="\1.html"', body)
+        body = body.replace('</body>', _SELF_CHECK + '</body>', 1)
         (out/f'{p.stem}.html').write_text(body)
     for extra in ('styles.css',):
         if (root/'nbs'/extra).exists(): shutil.copy(root/'nbs'/extra, out/extra)
@@ -165,13 +195,106 @@ def check_docs(root=None, out:str='_docs')->dict:
     if errors: raise CheckFailed('docs check failed:\n  ' + '\n  '.join(errors))
     return seen
 
+# %% ../nbs/98_devtools.ipynb #2d9819d3
+WIDGET_JS = {'@jupyter-widgets/html-manager': '1.0.15', 'requirejs': '2.3.8'}
+
+_SELF_CHECK = """<script>window.addEventListener('load',function(){setTimeout(function(){
+var im=Array.from(document.images),ok=im.filter(function(i){return i.complete&&i.naturalWidth>0;}).length;
+var w=document.querySelectorAll('.widget-box,.widget-hbox,.widget-vbox,.jupyter-widgets.widget-container,.widget-image,.widget-dropdown,.widget-slider').length;
+document.body.setAttribute('data-ssm-check',JSON.stringify({images:im.length,loaded:ok,widgets:w,text:document.body.innerText.length}));
+},2500);});</script>"""
+
+def widget_js(dest)->dict:
+    "Copy require.js and html-manager's dist into `dest` (from the npm registry, cached); return their URLs relative to the site."
+    import tarfile
+    from ssm_explore.core import cache_dir
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True); cache = cache_dir('npm')
+    for pkg, ver in WIDGET_JS.items():
+        tgz = cache/f"{pkg.strip('@').replace('/', '-')}-{ver}.tgz"
+        if not tgz.exists():
+            if shutil.which('npm') is None: raise CheckFailed(f'npm is needed once to fetch {pkg}@{ver} for offline widgets (or place {tgz.name} in {cache})')
+            r = subprocess.run(['npm', 'pack', f'{pkg}@{ver}', '--silent'], cwd=cache, capture_output=True, text=True)
+            if r.returncode != 0 or not tgz.exists(): raise CheckFailed(f'npm pack {pkg}@{ver} failed: {r.stderr[-500:]}')
+        with tarfile.open(tgz) as t:
+            for m in t.getmembers():
+                if pkg == 'requirejs' and m.name == 'package/require.js':
+                    (dest/'require.js').write_bytes(t.extractfile(m).read())
+                elif pkg != 'requirejs' and m.name.startswith('package/dist/') and m.isfile():
+                    f = dest/'html-manager'/m.name[len('package/dist/'):]; f.parent.mkdir(parents=True, exist_ok=True)
+                    f.write_bytes(t.extractfile(m).read())
+    return dict(require='js/require.js', embed='js/html-manager/embed-amd.js')
+
+# %% ../nbs/98_devtools.ipynb #8e6ec633
+def _chromium()->str|None:
+    return next((shutil.which(c) for c in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(c)), None)
+
+def _serve(root:Path):
+    "A quiet threaded HTTP server on a free loopback port serving `root`; returns (server, base url)."
+    import functools, http.server, threading
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a): pass
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f'http://127.0.0.1:{srv.server_address[1]}'
+
+def browser_check(pages:dict, # page stem -> dict(widgets=bool): what to load and whether it must show a widget
+                  out:str='_docs', root=None, budget_ms:int=15000)->dict:
+    "Load each page in headless Chromium; check screenshot not blank, images loaded, widgets rendered."
+    import tempfile
+    import numpy as np
+    from PIL import Image
+    root = project_root(root); site = root/out; shots = site/'_screenshots'; shots.mkdir(exist_ok=True)
+    exe = _chromium()
+    if exe is None: raise CheckFailed('chromium not found: install it (apt-get install -y chromium) to run the browser test')
+    srv, base = _serve(site); results, errors = {}, []
+    flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+             '--no-first-run', '--disable-sync', '--disable-quic', '--hide-scrollbars', f'--virtual-time-budget={budget_ms}']
+    try:
+        for stem, want in pages.items():
+            url = f'{base}/{stem}.html'
+            with tempfile.TemporaryDirectory() as ud:
+                png = shots/f'{stem}.png'
+                subprocess.run([exe, *flags, f'--user-data-dir={ud}', '--window-size=1280,1800', f'--screenshot={png}', url],
+                               capture_output=True, timeout=120)
+            with tempfile.TemporaryDirectory() as ud:
+                dom = subprocess.run([exe, *flags, f'--user-data-dir={ud}', '--dump-dom', url], capture_output=True, text=True, timeout=120).stdout
+            m = re.search(r"data-ssm-check=\"([^\"]*)\"", dom)
+            chk = json.loads(html.unescape(m.group(1))) if m else None
+            blank = True
+            if png.exists():
+                a = np.asarray(Image.open(png).convert('L'), dtype=np.float32); blank = float(a.std()) < 2.0
+            results[stem] = dict(check=chk, screenshot=str(png.relative_to(root)), blank=blank)
+            if blank: errors.append(f'{stem}.html: the screenshot is blank')
+            if chk is None: errors.append(f'{stem}.html: the page did not finish loading (no self-check result)'); continue
+            if chk['text'] < 200: errors.append(f'{stem}.html: almost no text rendered ({chk["text"]} characters)')
+            if chk['loaded'] < chk['images']: errors.append(f'{stem}.html: only {chk["loaded"]} of {chk["images"]} images loaded')
+            if want.get('widgets') and chk['widgets'] == 0: errors.append(f'{stem}.html: no widget rendered')
+            if want.get('images') and chk['images'] == 0: errors.append(f'{stem}.html: no images on a page that should show figures')
+    finally: srv.shutdown()
+    if errors: raise CheckFailed('browser test failed:\n  ' + '\n  '.join(errors))
+    return results
+
 # %% ../nbs/98_devtools.ipynb #e8410f87
 _CHECKS = {'clean': check_clean, 'export': check_export, 'readme-check': check_readme}
+
+def browser_pages(root=None, n_figure_pages:int=2)->dict:
+    "Pages the browser test loads: the home page, pages with embedded widget state, and the first figure pages."
+    import nbformat
+    root = project_root(root); pages = {'index': {}}; figs = 0
+    for p in _pages(root):
+        proc = root/'_proc'/p.name
+        nb = nbformat.read(proc if proc.exists() else p, as_version=4)
+        state = nb.metadata.get('widgets', {}).get('application/vnd.jupyter.widget-state+json', {}).get('state', {})
+        w = bool(state)
+        if w: pages.setdefault(p.stem, {})['widgets'] = True
+        if expected_figures(nbformat.read(p, as_version=4)) and figs < n_figure_pages:
+            pages.setdefault(p.stem, {})['images'] = True; figs += 1
+    return pages
 
 def _main(argv=None)->int:
     import argparse
     p = argparse.ArgumentParser(prog='python -m ssm_explore.devtools', description='Development checks and the offline docs build.')
-    p.add_argument('what', choices=['clean', 'export', 'readme', 'readme-check', 'docs'])
+    p.add_argument('what', choices=['clean', 'export', 'readme', 'readme-check', 'docs', 'browser'])
     a = p.parse_args(argv)
     try:
         if a.what == 'readme': print(f'wrote {make_readme()}')
@@ -179,6 +302,8 @@ def _main(argv=None)->int:
             out = build_docs(); seen = check_docs()
             print(f'docs: {len(seen)} pages rendered into {out}, {sum(seen.values())} figures: ' +
                   ', '.join(f'{k} ({v})' for k, v in seen.items()))
+        elif a.what == 'browser':
+            for k, v in browser_check(browser_pages()).items(): print(f"browser: {k}.html {v['check']} screenshot {v['screenshot']}")
         else: _CHECKS[a.what](); print(f'{a.what}: ok')
     except CheckFailed as e:
         print(f'CHECK FAILED [{a.what}]: {e}', file=sys.stderr); return 1
