@@ -54,8 +54,9 @@ cmd_test() {
   python -m ssm_explore.devtools clean || fail "notebooks are not clean (see above)"
   say "2/7 the library is what nbdev_export makes"
   python -m ssm_explore.devtools export || fail "the library differs from the notebooks (see above)"
-  say "3/7 README.md is what nbs/index.ipynb makes"
+  say "3/7 README.md is what nbs/index.ipynb makes; every notebook has its Colab link and install cell"
   python -m ssm_explore.devtools readme-check || fail "README.md is stale (see above)"
+  python -m ssm_explore.devtools colab-check || fail "a notebook lacks its Colab cells (see above)"
   say "4/7 nbdev_test on every notebook (flags slow, cuda skipped)"
   nbdev_test --n_workers 2 --timing 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -eq 0 ] || fail "nbdev_test: a notebook failed (named above)"
   say "5/7 pytest tests/"
@@ -67,6 +68,14 @@ cmd_test() {
     nbdev_docs || fail "nbdev_docs (Quarto)"
   fi
   python -m ssm_explore.devtools docs || fail "the docs build or its checks (see above)"
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing Debian's chromium for the browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || fail "apt-get install chromium"
+  fi
+  if command -v chromium >/dev/null 2>&1; then
+    python -m ssm_explore.devtools browser || fail "the browser test (screenshots in _docs/_screenshots)"
+  elif [ -n "${CI:-}" ]; then fail "CI needs chromium for the browser test"
+  else say "skipping the browser test: chromium is not installed (apt-get install chromium)"; fi
   say "7/7 all checks passed in $((SECONDS - t0)) s"
   echo "$summary"
 }

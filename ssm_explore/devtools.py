@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['WIDGET_JS', 'CheckFailed', 'project_root', 'check_clean', 'check_export', 'readme_text', 'make_readme',
-           'check_readme', 'expected_figures', 'build_docs', 'check_docs', 'widget_js', 'browser_check',
-           'browser_pages']
+           'check_readme', 'expected_figures', 'build_docs', 'check_docs', 'widget_js', 'browser_check', 'colab_cells',
+           'add_colab_cells', 'check_colab', 'browser_pages']
 
 # %% ../nbs/98_devtools.ipynb #f36fe579
 class CheckFailed(Exception):
@@ -274,8 +274,51 @@ def browser_check(pages:dict, # page stem -> dict(widgets=bool): what to load an
     if errors: raise CheckFailed('browser test failed:\n  ' + '\n  '.join(errors))
     return results
 
+# %% ../nbs/98_devtools.ipynb #c51472c6
+_COLAB_MARK = 'colab.research.google.com/github/'
+
+def _repo_slug(root:Path)->str:
+    from configparser import ConfigParser
+    c = ConfigParser(delimiters=['=']); c.read(root/'settings.ini')
+    return c['DEFAULT'].get('git_url', 'https://github.com/ssm-explore/ssm_explore').rstrip('/').split('github.com/')[-1]
+
+def colab_cells(root:Path, nb_path:Path)->tuple:
+    "The (markdown link, install code) cells for one notebook."
+    import nbformat
+    slug = _repo_slug(root); rel = nb_path.relative_to(root).as_posix()
+    link = nbformat.v4.new_markdown_cell(f'[Open in Colab](https://{_COLAB_MARK}{slug}/blob/main/{rel}) · '
+                                         f'[source](https://github.com/{slug}/blob/main/{rel})')
+    code = nbformat.v4.new_code_cell('#| eval: false\n'
+        '# On Colab (or any fresh runtime) run this cell first; locally `pip install -e ".[dev]"` does the same.\n'
+        '# imgaug needs numpy<2: if pip downgrades NumPy, restart the runtime once when Colab asks.\n'
+        f'!pip install -q "ssm_explore @ git+https://github.com/{slug}"')
+    return link, code
+
+def _has_colab(nb)->bool:
+    return any(_COLAB_MARK in c.source for c in nb.cells[:4] if c.cell_type == 'markdown') and \
+           any('!pip install' in c.source and 'eval: false' in c.source for c in nb.cells[:5] if c.cell_type == 'code')
+
+def add_colab_cells(root=None)->list:
+    "Insert the Colab link and install cell after the title of every notebook that lacks them; returns changed files."
+    import nbformat
+    root = project_root(root); changed = []
+    for p in _pages(root):
+        nb = nbformat.read(p, as_version=4)
+        if _has_colab(nb): continue
+        i = next((k + 1 for k, c in enumerate(nb.cells) if c.cell_type == 'markdown' and re.match(r'\s*#\s', c.source)), 0)
+        nb.cells[i:i] = list(colab_cells(root, p)); nbformat.write(nb, p); changed.append(p.name)
+    return changed
+
+def check_colab(root=None):
+    "Fail when a notebook lacks its Colab link or install cell."
+    import nbformat
+    root = project_root(root)
+    bad = [p.name for p in _pages(root) if not _has_colab(nbformat.read(p, as_version=4))]
+    if bad: raise CheckFailed('notebooks without the Colab link and install cell: ' + ', '.join(bad) +
+                              '\n  fix: run `python -m ssm_explore.devtools colab`, then nbdev_clean, and commit')
+
 # %% ../nbs/98_devtools.ipynb #e8410f87
-_CHECKS = {'clean': check_clean, 'export': check_export, 'readme-check': check_readme}
+_CHECKS = {'clean': check_clean, 'export': check_export, 'readme-check': check_readme, 'colab-check': check_colab}
 
 def browser_pages(root=None, n_figure_pages:int=2)->dict:
     "Pages the browser test loads: the home page, pages with embedded widget state, and the first figure pages."
@@ -294,10 +337,11 @@ def browser_pages(root=None, n_figure_pages:int=2)->dict:
 def _main(argv=None)->int:
     import argparse
     p = argparse.ArgumentParser(prog='python -m ssm_explore.devtools', description='Development checks and the offline docs build.')
-    p.add_argument('what', choices=['clean', 'export', 'readme', 'readme-check', 'docs', 'browser'])
+    p.add_argument('what', choices=['clean', 'export', 'readme', 'readme-check', 'colab', 'colab-check', 'docs', 'browser'])
     a = p.parse_args(argv)
     try:
         if a.what == 'readme': print(f'wrote {make_readme()}')
+        elif a.what == 'colab': print('added Colab cells to: ' + (', '.join(add_colab_cells()) or 'none needed'))
         elif a.what == 'docs':
             out = build_docs(); seen = check_docs()
             print(f'docs: {len(seen)} pages rendered into {out}, {sum(seen.values())} figures: ' +
