@@ -329,6 +329,7 @@ class Trainer:
             if stop_after is not None and done_here >= stop_after: break
             self._run_epoch(); done_here += 1
         if self.epoch >= c.epochs and not self.path['final'].exists(): self.save('final')
+        if self.world > 1: torch.distributed.barrier()   # every rank may read the final checkpoint from here on
         return self.summary()
 
     def _run_epoch(self):
@@ -436,7 +437,7 @@ class StudyConfig:
     speed_rounds: int = 15
     target_dice: float|None = None     # None: 90% of the best final pseudo Dice of the three regimes
     seed: int = 0
-    prefix_modules: tuple = ('encoder.stem', 'encoder.stages.0')  # the full-resolution input prefix ('freeze_prefix')
+    prefix_modules: tuple = ('encoder.stem', 'encoder.stages.0', 'encoder.stages.1')  # the input prefix frozen in 'freeze_prefix'
     regimes: tuple = ('scratch', 'full', 'freeze', 'freeze_prefix')
 
     @classmethod
@@ -699,7 +700,7 @@ def finetune_cli(argv:list)->int:
     p.add_argument('--warmup', type=int, help='warm-up iterations before freezing')
     p.add_argument('--threshold', type=float, help='freeze below threshold x median gradient norm')
     p.add_argument('--measure', choices=['norm', 'rms'], help='gradient score per tensor')
-    p.add_argument('--prefix', help="comma-separated module names frozen in 'freeze_prefix' (default encoder.stem,encoder.stages.0)")
+    p.add_argument('--prefix', help="comma-separated module names frozen in 'freeze_prefix' (default encoder.stem,encoder.stages.0,encoder.stages.1)")
     p.add_argument('--patch', type=int); p.add_argument('--batch-size', type=int)
     p.add_argument('--optimizer', choices=['sgd', 'adamw']); p.add_argument('--lr', type=float)
     p.add_argument('--n-train', type=int, help='training tiles (generated, or read from --roads)')
