@@ -10,7 +10,7 @@ import pandas as pd
 from .core import atomic_write, save_json, env_info, format_env_info
 
 # %% auto #0
-__all__ = ['robustness_section', 'write_report', 'run_demo', 'demo_cli']
+__all__ = ['robustness_section', 'finetune_section', 'write_report', 'run_demo', 'demo_cli']
 
 # %% ../nbs/11_demo.ipynb #c432ab1f
 def _has(mod:str)->bool: return importlib.util.find_spec(mod) is not None
@@ -53,6 +53,16 @@ def robustness_section(res:dict, root:Path)->str:
         s.append('')
     return '\n'.join(s)
 
+# %% ../nbs/11_demo.ipynb #5ae2b1ce
+def finetune_section(r:dict, root:Path)->str:
+    "Markdown for the U-Mamba part of the report."
+    from ssm_explore.finetune import format_study
+    md = format_study(r).replace('# Fine-tuning U-Mamba', '## 3. Fine-tuning U-Mamba', 1)
+    figs = r.get('figures') or {}
+    for k, title in [('figure1', 'Figure 1: gradient magnitudes during fine-tuning'), ('figure5', 'Figure 5: validation loss and Dice per epoch')]:
+        if k in figs: md += f"\n### {title}\n\n![{title}]({_rel(figs[k], root)})\n"
+    return md
+
 # %% ../nbs/11_demo.ipynb #a31284cf
 def write_report(out_dir, sections:list, meta:dict)->dict:
     "Write report.md and report.html into `out_dir`."
@@ -89,8 +99,8 @@ def run_demo(out_dir='runs/demo', # the report folder
         results['explain'] = r; sections.append(r.get('markdown', ''))
     if 'finetune' in parts and _has('ssm_explore.finetune'):
         from ssm_explore.finetune import run_finetune_study
-        print('== 3. U-Mamba fine-tuning regimes'); r = run_finetune_study(out_dir/'finetune', quick=quick)
-        results['finetune'] = r; sections.append(r.get('markdown', ''))
+        print('== 3. U-Mamba fine-tuning regimes'); r = run_finetune_study(out_dir/'finetune', quick=quick, progress=progress)
+        results['finetune'] = r; sections.append(finetune_section(r, out_dir))
     env = env_info()
     meta = dict(quick=quick, seconds=time.perf_counter() - t0, device=(env['devices'] or ['cpu'])[0],
                 threads=env['torch_threads'], version=ssm_explore.__version__)
