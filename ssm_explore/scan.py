@@ -9,7 +9,8 @@ import torch, torch.nn.functional as F
 from .core import has_backend, require_backend
 
 # %% auto #0
-__all__ = ['selective_scan_ref', 'SelectiveScanFn', 'selective_scan_fn']
+__all__ = ['selective_scan_ref', 'SelectiveScanFn', 'selective_scan_fn', 'bench_inputs', 'mambapy_scan', 'machine_rates',
+           'lower_bound_ms', 'run_bench', 'bench_table', 'gpu_check', 'bench_cli']
 
 # %% ../nbs/01_scan.ipynb #67f529f8
 def _compute_dtype(*ts):
@@ -69,9 +70,10 @@ def selective_scan_ref(u:torch.Tensor, # (batch, dim, L) input
     Bd, Cd = _per_channel(B, b, d, L, ct), _per_channel(C, b, d, L, ct)
     h = u.new_zeros((b, d, N), dtype=ct)
     ys = []
-    for t in range(L):
-        h = torch.exp(dt[:, :, t, None] * Ac) * h + (dt[:, :, t] * uc[:, :, t])[..., None] * Bd[..., t]
-        ys.append((h * Cd[..., t]).sum(-1))
+    # unbind gives one view per step; its backward is a single stack (indexing per step would be quadratic)
+    for dt_t, u_t, B_t, C_t in zip(dt.unbind(-1), uc.unbind(-1), Bd.unbind(-1), Cd.unbind(-1)):
+        h = torch.exp(dt_t[..., None] * Ac) * h + (dt_t * u_t)[..., None] * B_t
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if L else uc.new_zeros((b, d, 0))
     if D is not None: y = y + uc * D.to(ct)[:, None]
     if z is not None: y = y * F.silu(z.to(ct))
@@ -79,7 +81,8 @@ def selective_scan_ref(u:torch.Tensor, # (batch, dim, L) input
     return (out, h) if return_last_state else out
 
 # %% ../nbs/01_scan.ipynb #73404f16
-_SLAB = 32768      # elements advanced by one sequential step (hides the per-operation overhead)
+_SLAB = 16384      # elements advanced by one sequential step: hides the per-op overhead, below torch's
+                   # parallel grain (32768), so the many small steps never wait for a second thread
 _BLOCK = 1 << 22   # elements in one time block of (n_c, k, batch, dim, N) temporaries (16 MB in fp32)
 
 def _divisor_near(L, target):
@@ -324,3 +327,201 @@ def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
         return fn(*args)
     if be == 'ref': return selective_scan_ref(*args)
     return _scan_torch(*args)
+
+# %% ../nbs/01_scan.ipynb #e995b006
+_WORKLOADS = {  # name: (batch, dim, groups, N, L, gate z, description)
+    'a1': (1, 1024, 4, 1, 3136, False, 'VMamba-B stage-1 SS2D, batch 1'),
+    'a8': (8, 1024, 4, 1, 3136, False, 'VMamba-B stage-1 SS2D, batch 8'),
+    'b':  (2, 1024, 1, 16, 1024, True, 'U-Mamba bottleneck'),
+}
+_QUICK = {'a1': (1, 1024, 4, 1, 784, False, 'VMamba-B SS2D, batch 1, L=784 (quick)'),
+          'b':  (2, 1024, 1, 16, 256, True, 'U-Mamba bottleneck, L=256 (quick)')}
+
+def bench_inputs(b, d, G, N, L, z, seed=0, device='cpu'):
+    "Inputs at Mamba's initialisation: A = -(1..N), Δ = softplus(δ + bias) spread over [1e-3, 0.1]."
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)
+    dt0 = torch.exp(torch.rand(d, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    args = (r(b, d, L), r(b, d, L) * 0.5, -torch.arange(1, N + 1, dtype=torch.float32).repeat(d, 1),
+            r(b, G, N, L), r(b, G, N, L))
+    kw = dict(D=torch.ones(d), z=r(b, d, L) if z else None, delta_bias=dt0 + torch.log(-torch.expm1(-dt0)),
+              delta_softplus=True)
+    to = lambda t: None if t is None or not torch.is_tensor(t) else t.to(device)
+    return tuple(map(to, args)), {k: (to(v) if torch.is_tensor(v) or v is None else v) for k, v in kw.items()}
+
+def mambapy_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    "mamba.py's parallel (Blelloch) scan adapted to selective_scan_fn's inputs (grouped B/C expanded per channel)."
+    from mambapy.pscan import pscan
+    b, d, L = u.shape; N = A.shape[1]
+    dt = delta + delta_bias[:, None] if delta_bias is not None else delta
+    if delta_softplus: dt = F.softplus(dt)
+    per_channel = lambda X: (X.unsqueeze(1) if X.dim() == 3 else X).unsqueeze(2).expand(
+        b, X.shape[1] if X.dim() == 4 else 1, d // (X.shape[1] if X.dim() == 4 else 1), N, L).reshape(b, d, N, L)
+    dtl, ul = dt.transpose(1, 2), u.transpose(1, 2)                                     # (b, L, d)
+    dA = torch.exp(dtl.unsqueeze(-1) * A)                                               # (b, L, d, N)
+    BX = (dtl * ul).unsqueeze(-1) * per_channel(B).permute(0, 3, 1, 2)
+    hs = pscan(dA, BX)
+    y = (hs * per_channel(C).permute(0, 3, 1, 2)).sum(-1).transpose(1, 2)                # (b, d, L)
+    if D is not None: y = y + u * D[:, None]
+    return y * F.silu(z) if z is not None else y
+
+# %% ../nbs/01_scan.ipynb #12d30302
+def _time(fn, repeat:int):
+    "Best and median wall time of `fn()` in ms, after one warm-up call."
+    import time
+    fn(); ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[0] * 1e3, ts[len(ts) // 2] * 1e3
+
+def _peak_mb(fn):
+    "Peak memory (MB) allocated by torch on the CPU during `fn()`, from the profiler's allocation events."
+    import itertools, os, sys
+    from torch.profiler import profile, ProfilerActivity
+    sys.stderr.flush(); saved = os.dup(2); devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)                           # the profiler's C++ side logs to stderr
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p: fn()
+    finally: os.dup2(saved, 2); os.close(saved); os.close(devnull)
+    # an event's own allocations count at its start, its own frees at its end
+    deltas = sorted((e.time_range.start if m > 0 else e.time_range.end, m)
+                    for e in p.events() if (m := e.self_cpu_memory_usage))
+    return max(itertools.accumulate((m for _, m in deltas), initial=0)) / 2**20
+
+def machine_rates(n:int=1 << 23)->dict:
+    "Measured copy bandwidth (bytes/s, read+write), exp and log rates (elements/s) with torch's current threads."
+    x = torch.rand(n) + 0.5; o = torch.empty_like(x)
+    t_copy = _time(lambda: o.copy_(x), 5)[0] / 1e3
+    t_exp = _time(lambda: torch.exp(x, out=o), 5)[0] / 1e3
+    t_log = _time(lambda: torch.log(x, out=o), 5)[0] / 1e3
+    return dict(bandwidth=8 * n / t_copy, exp_rate=n / t_exp, log_rate=n / t_log)
+
+def lower_bound_ms(b, d, G, N, L, z, rates, backward=False)->dict:
+    "Lower bounds (ms) of one call: bytes moved ÷ bandwidth and exp/log count ÷ rate; `bound` is the larger."
+    el, bc = b * d * L, b * G * N * L
+    n_in = 2 * el + 2 * bc + (el if z else 0)                  # u, delta, B, C, z
+    nbytes = 4 * (n_in + el)                                   # ... read once, out written once
+    n_exp, n_log = el * N + el + (el if z else 0), el        # decays, softplus (exp + log), the gate's sigmoid
+    if backward:
+        nbytes += 4 * (n_in + el + n_in)                       # read inputs and dout again, write every gradient
+        n_exp += el + (el if z else 0)                         # softplus' = sigmoid, the gate's derivative
+    mem = nbytes / rates['bandwidth'] * 1e3
+    trans = (n_exp / rates['exp_rate'] + n_log / rates['log_rate']) * 1e3
+    return dict(memory=mem, transcendental=trans, bound=max(mem, trans))
+
+# %% ../nbs/01_scan.ipynb #47b86e44
+def _fwd_bwd(fn, args, kw):
+    "A closure running forward + backward of `fn` with gradients for every tensor input."
+    ins = [a.detach().clone().requires_grad_() for a in args]
+    kwi = {k: (v.detach().clone().requires_grad_() if torch.is_tensor(v) else v) for k, v in kw.items()}
+    tensors = ins + [v for v in kwi.values() if torch.is_tensor(v)]
+    def run():
+        out = fn(*ins, **kwi)
+        torch.autograd.grad(out.sum(), tensors)
+    return run
+
+def run_bench(quick:bool=False, repeat:int=5, ref_backward:str='a1', workloads=None, log=print)->dict:
+    "Time the fast path, the reference and mambapy on the benchmark workloads; return all numbers as a dict."
+    import importlib.util
+    wls = dict(_QUICK if quick else _WORKLOADS)
+    if workloads: wls = {k: v for k, v in wls.items() if k in workloads}
+    have_mambapy = importlib.util.find_spec('mambapy') is not None
+    if not have_mambapy: log("mambapy is not installed (a development dependency: pip install mambapy); its column is skipped")
+    rates = machine_rates()
+    res = dict(threads=torch.get_num_threads(), quick=quick, repeat=repeat, rates=rates, workloads={})
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured copy bandwidth "
+        f"{rates['bandwidth'] / 1e9:.1f} GB/s, exp {rates['exp_rate'] / 1e9:.2f} G/s, log {rates['log_rate'] / 1e9:.2f} G/s")
+    fns = dict(fast=lambda *a, **k: selective_scan_fn(*a, **k, backend='torch'), ref=selective_scan_ref)
+    if have_mambapy: fns['mambapy'] = mambapy_scan
+    for name, (b, d, G, N, L, z, desc) in wls.items():
+        args, kw = bench_inputs(b, d, G, N, L, z)
+        row = dict(shape=dict(batch=b, dim=d, groups=G, N=N, L=L, z=z), description=desc,
+                   bound_fwd=lower_bound_ms(b, d, G, N, L, z, rates),
+                   bound_fwd_bwd=lower_bound_ms(b, d, G, N, L, z, rates, backward=True))
+        for fname, fn in fns.items():
+            slow = fname == 'ref'
+            r = max(1, repeat // 2) if slow else repeat
+            m = dict(zip(('fwd_best', 'fwd_median'), _time(lambda: fn(*args, **kw), r)))
+            with torch.no_grad(): m['fwd_peak_mb'] = _peak_mb(lambda: fn(*args, **kw))
+            if not slow or ref_backward == 'all' or (ref_backward == 'a1' and (quick or name == 'a1')):
+                fb = _fwd_bwd(fn, args, kw)
+                m.update(zip(('fwd_bwd_best', 'fwd_bwd_median'), _time(fb, 1 if slow else r)))
+                m['fwd_bwd_peak_mb'] = _peak_mb(fb)
+            row[fname] = m
+            log(f"  {name:<3} {fname:<8} " + '  '.join(f"{k} {v:.1f}" for k, v in m.items()))
+        res['workloads'][name] = row
+    return res
+
+# %% ../nbs/01_scan.ipynb #b926c47a
+def _ratio(a, b): return None if a is None or b is None else a / b
+
+def bench_table(res:dict)->str:
+    "The benchmark results as a text table plus the speed ratios (best-of-n times)."
+    lines = [f"threads: {res['threads']}  (times in ms, best of {res['repeat']}; peak = torch allocations in MB)",
+             f"{'workload':<44}{'function':<9}{'fwd':>9}{'fwd+bwd':>10}{'peak fwd':>10}{'peak f+b':>10}"]
+    f = lambda v, w: f"{v:>{w}.1f}" if v is not None else f"{'-':>{w}}"
+    for name, row in res['workloads'].items():
+        for fn in ('fast', 'ref', 'mambapy'):
+            if fn not in row: continue
+            m = row[fn]
+            lines.append(f"{(name + ': ' + row['description'])[:43]:<44}{fn:<9}{f(m.get('fwd_best'), 9)}{f(m.get('fwd_bwd_best'), 10)}"
+                         f"{f(m.get('fwd_peak_mb'), 10)}{f(m.get('fwd_bwd_peak_mb'), 10)}")
+        bf, bb = row['bound_fwd'], row['bound_fwd_bwd']
+        lines.append(f"{'':<44}{'bound':<9}{f(bf['bound'], 9)}{f(bb['bound'], 10)}   (memory {bf['memory']:.1f} / "
+                     f"transcendental {bf['transcendental']:.1f} ms forward)")
+    lines.append('')
+    lines.append(f"{'ratios':<12}{'fwd ref/fast':>14}{'fwd mambapy/fast':>18}{'f+b ref/fast':>14}{'f+b mambapy/fast':>18}"
+                 f"{'fwd fast/bound':>16}{'f+b fast/bound':>16}")
+    g = lambda v, w: f"{v:>{w}.2f}" if v is not None else f"{'-':>{w}}"
+    for name, row in res['workloads'].items():
+        fa, re, mp = row['fast'], row['ref'], row.get('mambapy', {})
+        lines.append(f"{name:<12}{g(_ratio(re.get('fwd_best'), fa['fwd_best']), 14)}{g(_ratio(mp.get('fwd_best'), fa['fwd_best']), 18)}"
+                     f"{g(_ratio(re.get('fwd_bwd_best'), fa.get('fwd_bwd_best')), 14)}{g(_ratio(mp.get('fwd_bwd_best'), fa.get('fwd_bwd_best')), 18)}"
+                     f"{g(_ratio(fa['fwd_best'], row['bound_fwd']['bound']), 16)}{g(_ratio(fa.get('fwd_bwd_best'), row['bound_fwd_bwd']['bound']), 16)}")
+    return '\n'.join(lines)
+
+# %% ../nbs/01_scan.ipynb #95b0bbd0
+def gpu_check(log=print)->dict|None:
+    "On a CUDA machine: the torch path against mamba-ssm's kernel (when installed) and against the reference, and speeds."
+    if not torch.cuda.is_available(): return None
+    import time
+    out = dict(device=torch.cuda.get_device_name(0), kernel=has_backend('mamba_ssm'))
+    args, kw = bench_inputs(*_WORKLOADS['b'][:6], device='cuda')
+    def t(fn):
+        fn(); torch.cuda.synchronize(); t0 = time.perf_counter()
+        for _ in range(10): fn()
+        torch.cuda.synchronize(); return (time.perf_counter() - t0) * 100
+    y_torch = selective_scan_fn(*args, **kw, backend='torch')
+    y_ref = selective_scan_fn(*args, **kw, backend='ref')
+    out['torch_vs_ref_max_abs'] = (y_torch - y_ref).abs().max().item()
+    out['torch_ms'] = t(lambda: selective_scan_fn(*args, **kw, backend='torch'))
+    if out['kernel']:
+        y_k = selective_scan_fn(*args, **kw, backend='cuda')
+        out['torch_vs_kernel_max_abs'] = (y_torch - y_k).abs().max().item()
+        out['kernel_ms'] = t(lambda: selective_scan_fn(*args, **kw, backend='cuda'))
+        out['torch_over_kernel'] = out['torch_ms'] / out['kernel_ms']
+    log(f"GPU {out}")
+    return out
+
+def bench_cli(argv:list)->int:
+    "`ssm-explore bench scan [--quick]`: fast torch scan vs the reference vs mambapy, with lower bounds."
+    import argparse, json
+    from ssm_explore.core import save_json
+    p = argparse.ArgumentParser(prog='ssm-explore bench scan', description=bench_cli.__doc__)
+    p.add_argument('--quick', action='store_true', help='short sequences, a small fast version (< 1 minute)')
+    p.add_argument('--repeat', type=int, default=None, help='timed runs per measurement (default 5, quick 3)')
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s choice)')
+    p.add_argument('--workloads', nargs='*', default=None, help=f"subset of {list(_WORKLOADS)}")
+    p.add_argument('--ref-backward', choices=['a1', 'all', 'none'], default='a1',
+                   help="where to time the reference's (slow) backward: workload a1 only (default), all, none")
+    p.add_argument('--json', default=None, help='also write the results to this JSON file (atomically)')
+    a = p.parse_args(argv)
+    if a.threads: torch.set_num_threads(a.threads)
+    bad = set(a.workloads or []) - set(_WORKLOADS)
+    if bad: p.error(f"unknown workload(s) {sorted(bad)}; known: {list(_WORKLOADS)}")
+    res = run_bench(a.quick, a.repeat or (3 if a.quick else 5), a.ref_backward, a.workloads)
+    res['gpu'] = gpu_check()
+    print(bench_table(res))
+    if a.json: save_json(res, a.json)
+    return 0

@@ -31,6 +31,12 @@ def run(fn, args, kw, opts, seed=1):
     return [out, h] + list(torch.autograd.grad(loss, tensors))
 
 fast = lambda *a, **k: selective_scan_fn(*a, **k, backend='torch')
+_REF = {}
+
+def ref_cached(key, args, kw, opts):
+    "The fp64 reference results for `key` (the loop is slow; the plan fixtures reuse them)."
+    if key not in _REF: _REF[key] = run(selective_scan_ref, args, kw, opts)
+    return _REF[key]
 
 def assert_all_close(xs, ys, rtol, atol, names=None):
     for i, (x, y) in enumerate(zip(xs, ys)):
@@ -51,10 +57,11 @@ def plan(request, monkeypatch):
 @pytest.mark.parametrize('softplus', [False, True])
 def test_fp64_matches_reference(plan, b, d, L, N, G, softplus):
     args, kw, opts = make(b, d, L, N, G, softplus=softplus)
-    assert_all_close(run(fast, args, kw, opts), run(selective_scan_ref, args, kw, opts), 1e-10, 1e-12)
+    want = ref_cached(('fp64', b, d, L, N, G, softplus), args, kw, opts)
+    assert_all_close(run(fast, args, kw, opts), want, 1e-10, 1e-12)
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(b=st.integers(1, 3), H=st.integers(1, 5), G=st.sampled_from([None, 1, 2, 4]), L=st.integers(1, 90),
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(b=st.integers(1, 3), H=st.integers(1, 5), G=st.sampled_from([None, 1, 2, 4]), L=st.integers(1, 70),
        N=st.sampled_from([1, 2, 5, 16]), D=st.booleans(), z=st.booleans(), bias=st.booleans(), softplus=st.booleans(),
        slab=st.sampled_from([16, 256, 1 << 15]), block=st.sampled_from([40, 1 << 22]), seed=st.integers(0, 1000))
 def test_random_shapes_match_reference(b, H, G, L, N, D, z, bias, softplus, slab, block, seed):
@@ -71,24 +78,23 @@ def test_low_precision_inputs_compute_in_fp32(plan, dtype, rtol):
     "Inputs in fp32/bf16/fp16: the output has u's dtype, and matches the fp64 computation on the same rounded inputs."
     args, kw, opts = make(2, 8, 65, 4, 2, dtype=dtype)
     got = run(fast, args, kw, opts)
-    want = run(selective_scan_ref, [a.double() for a in args], {k: v.double() for k, v in kw.items()}, opts)
+    want = ref_cached(('lowp', dtype), [a.double() for a in args], {k: v.double() for k, v in kw.items()}, opts)
     assert got[0].dtype == dtype and got[1].dtype == torch.float32
     assert_all_close([x.double() for x in got], want, rtol, 0)
-    ref32 = run(selective_scan_ref, args, kw, opts)           # the reference itself also computes in fp32
-    assert ref32[0].dtype == dtype
+    assert selective_scan_ref(*args, **kw, **opts).dtype == dtype   # the reference also returns u's dtype
 
 @pytest.mark.parametrize('scale', [1e2, 1e4])
 def test_extreme_decay_and_long_sequences(plan, scale):
     "Strong decay (|ΔA| up to ~1e5 per step) and long sequences: finite, and equal to the fp64 loop."
-    args, kw, opts = make(1, 4, 3000, 4, None, dt_scale=scale, seed=3)
-    want = run(selective_scan_ref, args, kw, opts)
+    args, kw, opts = make(1, 4, 1500, 4, None, dt_scale=scale, seed=3)
+    want = ref_cached(('extreme', scale), args, kw, opts)
     got32 = run(fast, [a.float() for a in args], {k: v.float() for k, v in kw.items()}, opts)
     assert all(t.isfinite().all() for t in got32)
     assert_all_close([x.double() for x in got32], want, 1e-4, 0)
 
 def test_slow_decay_long_sequence_fp32():
-    "Tiny decay over 4096 steps: sums that grow large stay accurate in fp32 (no exponentiated cumulative sums)."
-    args, kw, opts = make(1, 8, 4096, 2, None, softplus=False, dt_scale=1e-3, a_scale=1e-3)
+    "Tiny decay over 2048 steps: sums that grow large stay accurate in fp32 (no exponentiated cumulative sums)."
+    args, kw, opts = make(1, 8, 2048, 2, None, softplus=False, dt_scale=1e-3, a_scale=1e-3)
     want = run(selective_scan_ref, args, kw, opts)
     got = run(fast, [a.float() for a in args], {k: v.float() for k, v in kw.items()}, opts)
     assert_all_close([x.double() for x in got], want, 1e-4, 0)
