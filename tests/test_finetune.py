@@ -147,3 +147,27 @@ def test_study_end_to_end_tiny(tmp_path, monkeypatch):
 def test_cli_errors(tmp_path):
     assert finetune_cli(['--out', str(tmp_path), '--pretrained', str(tmp_path/'missing.pth')]) == 2
     assert finetune_cli(['--out', str(tmp_path), '--roads', str(tmp_path)]) == 2
+
+
+def test_real_data_paths_roads_folder_and_pretrained_file(tmp_path, monkeypatch):
+    "--roads reads a dataset folder (here the mirror layout), --pretrained fine-tunes a checkpoint file."
+    from ssm_explore.roads import write_synthetic_roads
+    from ssm_explore.umamba import small_plans
+    monkeypatch.setenv('SSM_EXPLORE_CACHE', str(tmp_path/'cache'))
+    root = write_synthetic_roads(tmp_path/'roads', 'mirror', counts=dict(train=2, valid=1, test=1), size=64)
+    cfg = StudyConfig(patch=32, n_stages=3, base_features=4, max_features=16, batch_size=2, epochs=1, iters_per_epoch=2,
+                      pretrain_epochs=1, freeze_warmup=1, n_train=2, n_val=1, n_test=1, tile=64, speed_rounds=1,
+                      regimes=('scratch', 'freeze'))
+    pre = pretrain_source(cfg, progress=False)                       # an own checkpoint: init_args carry model_args
+    r = run_finetune_study(tmp_path/'out', roads=root, pretrained=pre, cfg=cfg, progress=False, figures=False)
+    assert r['data'].startswith('Massachusetts Roads at') and r['pretrained_from'] == str(pre)
+    assert set(r['regimes']) == {'scratch', 'freeze'}
+    # an nnU-Net checkpoint carries its plan: the network is built from it, heads may differ in class count
+    net = umamba_bot_small(3, 2, True, **SMALL)
+    torch.save(dict(network_weights=net.state_dict(), init_args=dict(plans=small_plans((32, 32), 3, 4, 16), configuration='2d'),
+                    trainer_name='nnUNetTrainerUMambaBot'), tmp_path/'checkpoint_final.pth')
+    m, ck = model_from_checkpoint(tmp_path/'checkpoint_final.pth', num_classes=3)
+    assert {k: v.shape for k, v in m.state_dict().items() if '.seg_layers.' not in k} == \
+           {k: v.shape for k, v in net.state_dict().items() if '.seg_layers.' not in k}
+    torch.save(dict(network_weights=net.state_dict()), tmp_path/'bare.pth')
+    with pytest.raises(ValueError, match='init_args'): model_from_checkpoint(tmp_path/'bare.pth')
