@@ -256,6 +256,10 @@ class Trainer:
         ck = torch.load(path, map_location=self.device, weights_only=False)
         missing = [k for k in ('network_weights', 'optimizer_state', 'current_epoch', 'logging') if k not in ck]
         if missing: raise KeyError(f"{path}: not a trainer checkpoint (missing {missing})")
+        old, new = ck.get('init_args', {}).get('config', {}), asdict(self.cfg)
+        diff = [k for k in new if k not in ('progress', 'device', 'val_batch_size') and k in old and old[k] != new[k]]
+        if diff: raise ValueError(f"{path} was trained with another configuration ({', '.join(f'{k}: {old[k]} -> {new[k]}' for k in diff)}); "
+                                  f"use another output folder or delete {Path(path).parent}")
         self.model.load_state_dict(ck['network_weights'])
         if ck.get('frozen'): self._freeze(ck['frozen'], log=False)
         self.optimizer.load_state_dict(ck['optimizer_state'])

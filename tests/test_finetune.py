@@ -59,6 +59,8 @@ def test_resume_across_the_freeze_continues_the_same_curve(tmp_path, data):
     # frozen tensors did not move after the freeze, trainable ones did
     ck = torch.load(tmp_path/'a'/'checkpoint_latest.pth', weights_only=False)
     assert ck['frozen'] == fa['frozen'] and ck['current_epoch'] == 3
+    with pytest.raises(ValueError, match='another configuration .*batch_size: 2 -> 3'):   # no silent mix of two recipes
+        Trainer(_net(), tr, va, _cfg(batch_size=3), tmp_path/'a', 'a').fit()
 
 
 def test_nan_guard_on_gradients_keeps_last_good_checkpoint(tmp_path, data):
