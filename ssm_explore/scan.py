@@ -205,12 +205,13 @@ def _bwd(s:_Scan, starts, dy, dlast):
         torch.mul(s.chunked(dy)[:, t0:t1].reshape(n_c, k, b, GC, d // GC, 1), s.grp(s.C, GC, t0, t1),
                   out=w.view(n_c, k, b, GC, d // GC, N))
         return a, x, dtu, w, a * w
+    cache = decay_w(*blocks[0]) if len(blocks) == 1 else None          # one block: compute a, x, w once
     R = s.dt.new_zeros((n_c, b, d, N))                                 # r entering each chunk from its right
     if dlast is not None: R[-1] = dlast
     if n_c > 1:
         r = s.dt.new_zeros((n_c, b, d, N))                             # 1. local reverse pass
         for t0, t1 in reversed(blocks):
-            a, _, _, _, aw = decay_w(t0, t1, False)
+            a, _, _, _, aw = cache or decay_w(t0, t1, False)
             for t in reversed(range(t1 - t0)): torch.addcmul(aw[:, t], a[:, t], r, out=r)
         P = s.chunk_decay()                                            # 2. carry, right to left
         for c in range(n_c - 1, 0, -1): torch.addcmul(r[c], P[c], R[c], out=R[c - 1])
@@ -218,7 +219,8 @@ def _bwd(s:_Scan, starts, dy, dlast):
     dB, dC = s.dt.new_empty((s.Lp, b, G * N)), s.dt.new_empty((s.Lp, b, GC * N))
     dA, rnext = torch.zeros_like(s.A), R
     for j, (t0, t1) in reversed(list(enumerate(blocks))):              # 3. true pass, all gradients
-        a, x, dtu, w, aw = decay_w(t0, t1)
+        a, x, dtu, w, aw = cache or decay_w(t0, t1)
+        cache = None
         k = t1 - t0
         hb = x.new_empty((n_c, k + 1, b, d, N)); hb[:, 0] = starts[j]  # h_{t-1}, h_t for the block
         for t in range(k): torch.addcmul(x[:, t], a[:, t], hb[:, t], out=hb[:, t + 1])
