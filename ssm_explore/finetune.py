@@ -351,6 +351,7 @@ class Trainer:
             except TrainingDiverged as err:
                 raise TrainingDiverged(f"{self.name}: {err} at epoch {e}, iteration {it} (step {step}); training stopped, "
                                        f"the last good checkpoint is {self.path['latest'] if self.path['latest'].exists() else 'none (diverged in the first epoch)'}") from None
+            if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
             losses.append(loss); times.append(dt)
             self.iters.append(dict(step=step, epoch=e, loss=loss, grad_norm=gn, lr=lr, iter_time=dt,
@@ -443,6 +444,7 @@ class StudyConfig:
     seed: int = 0
     prefix_modules: tuple = ('encoder.stem', 'encoder.stages.0', 'encoder.stages.1')  # the input prefix frozen in 'freeze_prefix'
     regimes: tuple = ('scratch', 'full', 'freeze', 'freeze_prefix')
+    device: str = 'cpu'                # 'cuda' to train on a GPU
 
     @classmethod
     def quick(cls, **kw): return cls(**{**dict(epochs=5, iters_per_epoch=8, pretrain_epochs=5, freeze_warmup=8,
@@ -453,7 +455,7 @@ class StudyConfig:
 
     def train_config(self, **kw)->TrainConfig:
         return TrainConfig(**{**dict(epochs=self.epochs, iters_per_epoch=self.iters_per_epoch, batch_size=self.batch_size,
-                                     patch=self.patch, optimizer=self.optimizer, lr=self.lr, seed=self.seed), **kw})
+                                     patch=self.patch, optimizer=self.optimizer, lr=self.lr, seed=self.seed, device=self.device), **kw})
 
     def model_args(self)->dict:
         return dict(patch_size=(self.patch, self.patch), n_stages=self.n_stages, base_features=self.base_features,
@@ -501,12 +503,14 @@ def interleaved_step_times(models:dict, # {name: model}, each with its own train
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=lr, momentum=0.99, nesterov=True)
             for k, m in models.items()}
     times = {k: [] for k in models}
+    dev = next(iter(models.values())).parameters().__next__().device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
     for r in range(rounds + 1):
-        x, y = batches[r % len(batches)]
+        x, y = (t.to(dev) for t in batches[r % len(batches)])
         for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
             m, o = models[k], opts[k]
-            t0 = time.perf_counter()
-            o.zero_grad(set_to_none=True); deep_supervision_loss(m(x), y).backward(); o.step()
+            sync(); t0 = time.perf_counter()
+            o.zero_grad(set_to_none=True); deep_supervision_loss(m(x), y).backward(); o.step(); sync()
             if r: times[k].append(time.perf_counter() - t0)   # round 0 warms up
     return {k: float(np.median(v)) for k, v in times.items()}
 
@@ -515,7 +519,7 @@ def _test_dice(model:nn.Module, data:SegmentationData, patch:int)->float:
     "Dice of the road class over whole tiles (sliding window, Gaussian stitching), tp/fp/fn summed over tiles."
     counts = torch.zeros(1, 3, dtype=torch.float64)
     for i in range(len(data)):
-        prob = sliding_window_predict(model, data.images[i], patch, stats=data.stats[i])
+        prob = sliding_window_predict(model, data.images[i], patch, stats=data.stats[i], device=next(model.parameters()).device)
         counts += confusion_counts(torch.from_numpy(prob)[None], torch.from_numpy(data.labels[i].astype(np.int64))[None])
     return dice_from_counts(counts)
 
@@ -710,11 +714,12 @@ def finetune_cli(argv:list)->int:
     p.add_argument('--n-train', type=int, help='training tiles (generated, or read from --roads)')
     p.add_argument('--seed', type=int)
     p.add_argument('--threads', type=int, help='torch CPU threads (1 is fastest on a busy shared machine)')
+    p.add_argument('--device', choices=['cpu', 'cuda'], help='where to train (default cpu)')
     p.add_argument('--no-progress', action='store_true')
     a = p.parse_args(argv)
     over = {k: v for k, v in dict(epochs=a.epochs, iters_per_epoch=a.iters, freeze_warmup=a.warmup, freeze_threshold=a.threshold,
                                   freeze_measure=a.measure, patch=a.patch, batch_size=a.batch_size, optimizer=a.optimizer,
-                                  lr=a.lr, n_train=a.n_train, seed=a.seed).items() if v is not None}
+                                  lr=a.lr, n_train=a.n_train, seed=a.seed, device=a.device).items() if v is not None}
     if a.regimes: over['regimes'] = tuple(r.strip() for r in a.regimes.split(',') if r.strip())
     if a.prefix: over['prefix_modules'] = tuple(m.strip() for m in a.prefix.split(',') if m.strip())
     if a.threads: torch.set_num_threads(a.threads)

@@ -132,7 +132,8 @@ def test_study_end_to_end_tiny(tmp_path, monkeypatch):
     for k, s in r['regimes'].items():
         assert 0 <= s['final_dice'] <= 1 and 0 <= s['test_dice'] <= 1 and (out/k/'log.csv').exists(), k
     fp = r['frozen']['freeze_prefix']
-    assert any(n.startswith('encoder.stem.') for n in fp['frozen']) and 'encoder.stem' in fp['no_grad_modules']
+    assert any(n.startswith('encoder.stem.') for n in fp['frozen'])
+    assert {'encoder', 'encoder.stem'} & set(fp['no_grad_modules'])     # the stem (or the whole encoder) runs without autograd
     assert set(r['speed']['interleaved']) == {'full', 'freeze', 'freeze_prefix'}
     for f in r['figures'].values(): assert Path(f).stat().st_size > 10_000
     assert json.loads((out/'results.json').read_text())['target_dice'] == r['target_dice']
