@@ -616,7 +616,7 @@ def _param_kind(name:str)->str:
     if 'mamba' in name: return 'mamba'
     if '.seg_layers.' in name or name.startswith('seg_layers'): return 'head'
     if 'norm' in name: return 'norm'
-    return 'conv'
+    return 'conv bias' if name.endswith('.bias') else 'conv'
 
 def figure1(run_dir, # a run folder with grad_norms.csv (the study uses full fine-tuning)
             path, # output PNG
@@ -632,7 +632,7 @@ def figure1(run_dir, # a run folder with grad_norms.csv (the study uses full fin
         axs[0].plot(g.step, g.norm.rolling(5, min_periods=1).mean(), lw=1, label=name.split('mamba_layer.')[-1])
     axs[0].set(yscale='log', xlabel='iteration', ylabel='gradient L2 norm', title='(a) Mamba-layer parameters')
     axs[0].legend(fontsize=6, ncol=2)
-    for kind, col in (('conv', 'tab:blue'), ('mamba', 'tab:red'), ('norm', 'tab:green'), ('head', 'tab:gray')):
+    for kind, col in (('conv', 'tab:blue'), ('conv bias', 'tab:cyan'), ('mamba', 'tab:red'), ('norm', 'tab:green'), ('head', 'tab:gray')):
         g = df[df.kind == kind].groupby('step').norm
         if not len(g): continue
         med, lo, hi = g.median(), g.quantile(0.1), g.quantile(0.9)
