@@ -92,9 +92,9 @@ def train_classifier(model:nn.Module, train:tuple, val:tuple, # (uint8 images (N
 class MiniStudyConfig:
     "Settings of the embedded mini-study (the defaults are `ssm-explore demo`; `quick()` is the CI-sized run)."
     image_size:int = 64      # pixels of the embedded images
-    n_per_class:int = 300    # images generated per class (split into train/val/test by the dataset)
-    test_per_class:int = 30  # test images per class used in the robustness study
-    epochs:int = 12
+    n_per_class:int = 200    # images generated per class (60/20/20 % train/val/test)
+    test_per_class:int = 20  # test images per class used in the robustness study
+    epochs:int = 10
     batch_size:int = 64
     lr:float = 2e-3
     severities:str|tuple = 'all'  # 'report' (severity 0 only) or 'all' (0-5)
@@ -104,7 +104,7 @@ class MiniStudyConfig:
     @classmethod
     def quick(cls, **kw):
         "A ~2-minute version: fewer images and epochs, the report's severity only."
-        return cls(**{**dict(n_per_class=100, test_per_class=12, epochs=3, severities='report'), **kw})
+        return cls(**{**dict(n_per_class=60, test_per_class=8, epochs=3, severities='report'), **kw})
 
     def train_key(self)->str:
         d = dict(image_size=self.image_size, n_per_class=self.n_per_class, epochs=self.epochs, batch_size=self.batch_size,
@@ -118,7 +118,7 @@ def load_split(manifest:pd.DataFrame, root, split:str)->tuple:
     m = manifest[manifest.split == split]
     if len(m) == 0: raise ValueError(f'the embedded manifest has no {split!r} split')
     x = torch.from_numpy(np.stack([load_image(Path(root)/p) for p in m.path])).permute(0, 3, 1, 2).contiguous()
-    return x, torch.as_tensor(m.label.to_numpy(), dtype=torch.long)
+    return x, torch.tensor(m.label.to_numpy().copy(), dtype=torch.long)
 
 def train_mini_models(cfg:MiniStudyConfig, progress:bool=True)->dict:
     "Train (or load from the cache) each mini model; returns name -> dict(model, history, val_top1, params, checkpoint)."
