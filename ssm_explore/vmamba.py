@@ -111,9 +111,11 @@ class SS2D(nn.Module):
         f32, seq = torch.float32, (lambda t: t.reshape(L, B, -1).permute(1, 2, 0))  # (L, B, K, c) -> (B, K*c, L)
         ys = selective_scan_fn(seq(xs).to(f32), seq(dts).to(f32), -torch.exp(self.A_logs.to(f32)),
                                Bs.permute(1, 2, 3, 0).to(f32), Cs.permute(1, 2, 3, 0).to(f32),  # (B, K, N, L)
-                               D=self.Ds.to(f32), delta_bias=self.dt_projs_bias.reshape(-1).to(f32),
+                               delta_bias=self.dt_projs_bias.reshape(-1).to(f32),
                                delta_softplus=True)                               # (B, K*Di, L) float32
-        y = cross_merge(ys.permute(2, 0, 1).view(L, B, K, Di), H, W)              # (B, H, W, Di)
+        # skip term D·u added here, in the time-major layout of xs (the scan would add it in its (B, K*Di, L) output)
+        ys = (xs.to(f32) * self.Ds.to(f32).view(K, Di)).add_(ys.permute(2, 0, 1).view(L, B, K, Di))
+        y = cross_merge(ys, H, W)                                                 # (B, H, W, Di)
         y = self.out_norm(y.permute(0, 3, 1, 2).to(self.out_norm.weight.dtype))
         return self.out_proj(y)
 
