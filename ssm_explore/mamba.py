@@ -86,6 +86,11 @@ class Mamba(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
         self.dt_proj.bias._no_reinit = True
 
+    @staticmethod
+    def _f32(t:torch.Tensor)->torch.Tensor:
+        "mamba-ssm's `.float()` for A, D and the step bias; a float64 block stays float64 (for exact tests)."
+        return t if t.dtype == torch.float64 else t.float()
+
     def _fused(self, xz:torch.Tensor)->bool:
         "Whether this call goes through mamba-ssm's fused CUDA kernel."
         if not (self.use_fast_path and xz.is_cuda and self.backend in ('auto', 'cuda')): return False
@@ -97,7 +102,7 @@ class Mamba(nn.Module):
         if inference_params is not None: raise NotImplementedError("ssm_explore's Mamba has no single-step inference cache; pass inference_params=None")
         L = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
-        A = -torch.exp(self.A_log.float())  # (E, N)
+        A = -torch.exp(self._f32(self.A_log))  # (E, N)
         if self._fused(xz):
             ops = require_backend('mamba_ssm')
             return ops.mamba_inner_fn(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
@@ -107,8 +112,8 @@ class Mamba(nn.Module):
         x = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, 'silu', self.backend)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, E, L); the bias is added inside the scan
-        y = selective_scan_fn(x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), self.D.float(),
-                              z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, backend=self.backend)
+        y = selective_scan_fn(x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), self._f32(self.D),
+                              z=z, delta_bias=self._f32(self.dt_proj.bias), delta_softplus=True, backend=self.backend)
         return self.out_proj(y.transpose(1, 2))
 
 # %% ../nbs/02_mamba.ipynb #7381f278
