@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_scan.ipynb #64a7fc99
 from __future__ import annotations
-import math
+import gc, math, os
 import torch, torch.nn.functional as F
 from .core import has_backend, require_backend
 
@@ -377,19 +377,29 @@ def _time(fn, repeat:int):
     ts.sort()
     return ts[0] * 1e3, ts[len(ts) // 2] * 1e3
 
-def _peak_mb(fn):
-    "Peak memory (MB) allocated by torch on the CPU during `fn()`, from the profiler's allocation events."
-    import itertools, os, sys
-    from torch.profiler import profile, ProfilerActivity
-    sys.stderr.flush(); saved = os.dup(2); devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)                           # the profiler's C++ side logs to stderr
+def _rss()->int:
+    "Resident memory of this process in bytes (Linux), or -1."
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p: fn()
-    finally: os.dup2(saved, 2); os.close(saved); os.close(devnull)
-    # an event's own allocations count at its start, its own frees at its end
-    deltas = sorted((e.time_range.start if m > 0 else e.time_range.end, m)
-                    for e in p.events() if (m := e.self_cpu_memory_usage))
-    return max(itertools.accumulate((m for _, m in deltas), initial=0)) / 2**20
+        with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, IndexError): return -1
+
+def _peak_mb(fn):
+    "Peak growth of resident memory (MB) during `fn()`, sampled every ~0.2 ms after returning freed heap to the OS."
+    import ctypes, threading, time
+    gc.collect()
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass
+    base = _rss()
+    if base < 0: fn(); return None
+    peak, done = [base], threading.Event()
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss()); time.sleep(2e-4)
+    th = threading.Thread(target=sample, daemon=True); th.start()
+    try: fn()
+    finally:
+        done.set(); th.join()
+    return (max(peak[0], _rss()) - base) / 2**20
 
 def machine_rates(n:int=1 << 23)->dict:
     "Measured copy bandwidth (bytes/s, read+write), exp and log rates (elements/s) with torch's current threads."
@@ -460,7 +470,7 @@ def _ratio(a, b): return None if a is None or b is None else a / b
 
 def bench_table(res:dict)->str:
     "The benchmark results as a text table plus the speed ratios (best-of-n times)."
-    lines = [f"threads: {res['threads']}  (times in ms, best of {res['repeat']}; peak = torch allocations in MB)",
+    lines = [f"threads: {res['threads']}  (times in ms, best of {res['repeat']}; peak = resident-memory growth in MB)",
              f"{'workload':<44}{'function':<9}{'fwd':>9}{'fwd+bwd':>10}{'peak fwd':>10}{'peak f+b':>10}"]
     f = lambda v, w: f"{v:>{w}.1f}" if v is not None else f"{'-':>{w}}"
     for name, row in res['workloads'].items():
