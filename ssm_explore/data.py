@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #ec7cbc45
 from __future__ import annotations
-import math, os, re, warnings
+import math, os, re, shutil, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import atomic_write, cache_dir, sha256_file, stable_seed, save_json, load_json
@@ -12,10 +12,10 @@ from .transforms import apply_transform, TRANSFORM_NAMES
 
 # %% auto #0
 __all__ = ['MANIFEST_COLUMNS', 'EMBEDDED_SHAPES', 'EMBEDDED_TEXTURES', 'EMBEDDED_COLOURS', 'EMBEDDED_CLASSES', 'EMBEDDED_VERSION',
-           'SAMPLE_PHOTOS', 'ImageDecodeError', 'load_image', 'common_geometry', 'native_geometry', 'write_manifest',
-           'read_manifest', 'usable', 'imagenet_classes', 'detect_imagenet_layout', 'imagenet_val_manifest',
-           'sample_per_class', 'verify_images', 'imagenet_subset', 'TransformedImageDataset', 'materialize',
-           'render_embedded', 'embedded_dataset', 'sample_photos']
+           'EMBEDDED_PARAMS', 'SAMPLE_PHOTOS', 'ImageDecodeError', 'load_image', 'common_geometry', 'native_geometry',
+           'write_manifest', 'read_manifest', 'usable', 'imagenet_classes', 'detect_imagenet_layout',
+           'imagenet_val_manifest', 'sample_per_class', 'verify_images', 'imagenet_subset', 'TransformedImageDataset',
+           'materialize', 'render_embedded', 'embedded_dataset', 'sample_photos']
 
 # %% ../nbs/05_data.ipynb #e6bf70ee
 class ImageDecodeError(OSError):
@@ -314,30 +314,36 @@ def materialize(manifest:pd.DataFrame, out, # output folder
     return res
 
 # %% ../nbs/05_data.ipynb #cb6ada10
-EMBEDDED_SHAPES, EMBEDDED_TEXTURES, EMBEDDED_COLOURS = ('disc', 'square', 'triangle'), ('solid', 'striped'), ('warm', 'cool')
+EMBEDDED_SHAPES, EMBEDDED_TEXTURES, EMBEDDED_COLOURS = ('disc', 'bar', 'cross'), ('solid', 'striped'), ('warm', 'cool')
 EMBEDDED_CLASSES = tuple(f'{c}_{t}_{s}' for c in EMBEDDED_COLOURS for t in EMBEDDED_TEXTURES for s in EMBEDDED_SHAPES)
-_HUES = dict(warm=(-0.07, 0.15), cool=(0.47, 0.68))  # hue ranges (fraction of the colour circle)
-EMBEDDED_VERSION = 1
+EMBEDDED_VERSION = 3
+# nuisance ranges (fractions of the image side; colours as HSV in [0, 1])
+EMBEDDED_PARAMS = dict(
+    hue=dict(warm=(-0.07, 0.15), cool=(0.47, 0.68)),  # red..yellow vs cyan..blue (fraction of the colour circle)
+    saturation=(0.12, 1.0), value=(0.45, 1.0),        # low saturation: nearly grey objects, colour ambiguous
+    radius=(0.13, 0.26),                              # object size (all shapes have about the area of this disc)
+    stripe_period=(0.08, 0.15), stripe_dark=(0.3, 0.8), # stripe width and the dark stripes' value factor (0.8: faint)
+    background_saturation=(0, 0.3), distractors=(1, 3), distractor_radius=(0.03, 0.07), occlusion=0.5,
+    noise=(0, 0.03))
 
 def _hsv(h, s, v)->np.ndarray:
     "RGB float32 (3,) of one HSV colour (each in [0,1]; hue wraps)."
     import colorsys
     return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32)
 
-def _shape_mask(kind:str, x, y, r):
-    "Soft-free boolean mask of `kind` centred at 0 with size `r` on coordinate grids x, y (already rotated)."
-    if kind == 'disc': return x**2 + y**2 <= r**2
-    if kind == 'square': return np.maximum(abs(x), abs(y)) <= r * 0.86
-    # equilateral triangle with the same area as the square (inradius ri)
-    ri = r * 0.65; ok = np.ones_like(x, bool)
-    for a in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
-        ok &= x * np.cos(a) + y * np.sin(a) <= ri
-    return ok
-
 @__import__('functools').lru_cache(maxsize=8)
 def _grid(n:int):
-    g = ((np.arange(n, dtype=np.float32) + 0.5) / n)
+    g = (np.arange(n, dtype=np.float32) + 0.5) / n
     return g[:, None].repeat(n, 1), g[None, :].repeat(n, 0)
+
+def _signed_distance(kind:str, x, y, r):
+    "Signed distance (positive inside, image units) to shape `kind` of size `r` centred at 0 (x, y already rotated)."
+    ax, ay = np.abs(x), np.abs(y)
+    if kind == 'disc': return r - np.sqrt(x * x + y * y)
+    if kind == 'bar': return np.minimum(1.6 * r - ax, 0.5 * r - ay)  # 3.2:1 rectangle, area 3.2 r^2
+    if kind == 'cross':  # union of two perpendicular bars
+        return np.maximum(np.minimum(1.15 * r - ax, 0.38 * r - ay), np.minimum(1.15 * r - ay, 0.38 * r - ax))
+    raise KeyError(f'unknown shape {kind!r}')
 
 def render_embedded(label:int, # index into EMBEDDED_CLASSES
                     index:int, # image index within the class
@@ -345,43 +351,52 @@ def render_embedded(label:int, # index into EMBEDDED_CLASSES
                     seed:int=0)->np.ndarray:
     "One embedded image, uint8 (size, size, 3), determined by (label, index, size, seed)."
     colour, texture, shape = EMBEDDED_CLASSES[label].split('_')
-    rng = np.random.default_rng(stable_seed(seed, 'embedded', EMBEDDED_VERSION, label, index))
-    ss = 2 * size  # supersampled grid, box-filtered down at the end (anti-aliasing)
-    yy, xx = _grid(ss)  # coordinates in [0,1]
-    # background: low-saturation colour with a linear gradient
-    bh, bs = rng.random(), rng.uniform(0, 0.3)
-    ang = rng.uniform(0, 2 * np.pi); grad = (np.cos(ang) * (xx - .5) + np.sin(ang) * (yy - .5))
-    bv = np.clip(rng.uniform(0.35, 0.85) + rng.uniform(0.1, 0.4) * grad, 0, 1).astype(np.float32)
-    img = bv[..., None] * _hsv(bh, bs, 1.0)  # HSV -> RGB is linear in the value
-    def blob():
-        cx, cy, rr = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.04, 0.1)
-        m = (xx - cx)**2 + (yy - cy)**2 <= rr**2
-        img[m] = _hsv(rng.random(), rng.uniform(0.2, 1), rng.uniform(0.3, 1))
-    for _ in range(rng.integers(1, 4)): blob()
-    # the object
-    r = rng.uniform(0.16, 0.3); cx, cy = rng.uniform(0.5 - (0.45 - r), 0.5 + (0.45 - r), 2)
+    p = EMBEDDED_PARAMS; rng = np.random.default_rng(stable_seed(seed, 'embedded', EMBEDDED_VERSION, label, index))
+    yy, xx = _grid(size)
+    cov = lambda sd: np.clip(0.5 + sd * size, 0, 1)[..., None]  # anti-aliased coverage of a signed distance
+    ang = rng.uniform(0, 2 * np.pi)  # background: a low-saturation colour with a linear brightness gradient
+    bv = np.clip(rng.uniform(0.35, 0.85) + rng.uniform(0.1, 0.4) * (np.cos(ang) * (xx - .5) + np.sin(ang) * (yy - .5)), 0, 1)
+    img = bv[..., None] * _hsv(rng.random(), rng.uniform(*p['background_saturation']), 1.0)  # HSV->RGB is linear in V
+    def distractor(img):  # a thin ring: clutter of any colour that is none of the class shapes
+        cx, cy, rr, w = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(*p['distractor_radius']), rng.uniform(0.008, 0.018)
+        a = cov(w - np.abs(rr - np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)))
+        return img * (1 - a) + a * _hsv(rng.random(), rng.uniform(0.2, 1), rng.uniform(0.3, 1))
+    for _ in range(rng.integers(p['distractors'][0], p['distractors'][1] + 1)): img = distractor(img)
+    r = rng.uniform(*p['radius']); cx, cy = rng.uniform(0.5 - (0.45 - r), 0.5 + (0.45 - r), 2)
     th = rng.uniform(0, 2 * np.pi); dx, dy = xx - cx, yy - cy
     x, y = np.cos(th) * dx + np.sin(th) * dy, -np.sin(th) * dx + np.cos(th) * dy
-    mask = _shape_mask(shape, x, y, r)
-    h = rng.uniform(*_HUES[colour]); s = rng.uniform(0.25, 1.0); v = rng.uniform(0.45, 1.0)
-    fg = _hsv(h, s, v)
+    fg = _hsv(rng.uniform(*p['hue'][colour]), rng.uniform(*p['saturation']), rng.uniform(*p['value']))
+    col = fg
     if texture == 'striped':
-        period = rng.uniform(0.09, 0.16); sa = rng.uniform(0, np.pi)
-        phase = (np.cos(sa) * x + np.sin(sa) * y) / period + rng.random()
-        dark = fg * rng.uniform(0.25, 0.6)
-        img[mask] = fg; img[mask & ((phase % 1.0) >= 0.5)] = dark
-    else: img[mask] = fg
-    if rng.random() < 0.5: blob()  # a distractor that may occlude the object
-    img = (img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2]) * 0.25
-    img += rng.uniform(0, 0.03) * rng.standard_normal(img.shape, dtype=np.float32)
+        period = rng.uniform(*p['stripe_period']); sa = rng.uniform(0, np.pi)
+        frac = ((np.cos(sa) * x + np.sin(sa) * y) / period + rng.random()) % 1.0
+        ad = cov((0.25 - np.abs(frac - 0.75)) * period)  # the dark half of each period
+        col = fg * (1 - ad) + ad * (fg * rng.uniform(*p['stripe_dark']))
+    a = cov(_signed_distance(shape, x, y, r))
+    img = img * (1 - a) + a * col
+    if rng.random() < p['occlusion']: img = distractor(img)  # may cover part of the object
+    img = img + rng.uniform(*p['noise']) * rng.standard_normal(img.shape, dtype=np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-# %% ../nbs/05_data.ipynb #54a4eed5
+def _write_class(args)->list:
+    "Render and write one class's images; returns its manifest rows."
+    from PIL import Image
+    root, label, n_per_class, image_size, seed, n_tr, n_va = args
+    name = EMBEDDED_CLASSES[label]; rows = []
+    for i in range(n_per_class):
+        split = 'train' if i < n_tr else 'val' if i < n_tr + n_va else 'test'
+        iid = f'{name}_{i:05d}'; rel = f'{split}/{name}/{iid}.png'; f = Path(root)/rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_embedded(label, i, image_size, seed)).save(f, format='PNG', compress_level=1)
+        rows.append((iid, rel, label, name, sha256_file(f), split))
+    return rows
+
 def embedded_dataset(root=None, # folder to write to (default: `cache_dir('embedded', <key>)`)
                      n_per_class:int=200, # images per class, all splits together
                      image_size:int=64, # 32..224
                      seed:int=0,
-                     splits:tuple=(0.6, 0.2, 0.2) # train, val, test fractions (per class)
+                     splits:tuple=(0.6, 0.2, 0.2), # train, val, test fractions (per class)
+                     workers:int|None=None # processes (default: up to 4 CPUs; 0: this process)
                     )->tuple[Path, pd.DataFrame]:
     "Generate (or reuse) the embedded dataset as PNG files; returns (root, manifest with a `split` column)."
     if not 32 <= image_size <= 224: raise ValueError(f'image_size must be in 32..224, got {image_size}')
@@ -390,24 +405,32 @@ def embedded_dataset(root=None, # folder to write to (default: `cache_dir('embed
     key = f'v{EMBEDDED_VERSION}-{image_size}px-{n_per_class}pc-seed{seed}-' + '-'.join(f'{f:g}' for f in splits)
     root = Path(root) if root is not None else cache_dir('embedded', key)
     mpath = root/'manifest.csv'
-    if mpath.is_file():
-        m = read_manifest(mpath)
-        if (root/'info.json').is_file() and load_json(root/'info.json').get('key') == key: return root, m
-    from PIL import Image
+    if mpath.is_file() and (root/'info.json').is_file() and load_json(root/'info.json').get('key') == key:
+        return root, read_manifest(mpath)
     n_tr = int(round(n_per_class * splits[0])); n_va = int(round(n_per_class * splits[1]))
-    rows = []
-    for label, name in enumerate(EMBEDDED_CLASSES):
-        for i in range(n_per_class):
-            split = 'train' if i < n_tr else 'val' if i < n_tr + n_va else 'test'
-            iid = f'{name}_{i:05d}'; rel = f'{split}/{name}/{iid}.png'; f = root/rel
-            f.parent.mkdir(parents=True, exist_ok=True)
-            img = render_embedded(label, i, image_size, seed)
-            Image.fromarray(img).save(f, format='PNG', compress_level=1)
-            rows.append((iid, rel, label, name, sha256_file(f), split))
-    m = pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ['split'])
-    save_json(dict(key=key, version=EMBEDDED_VERSION, image_size=image_size, n_per_class=n_per_class, seed=seed,
-                   splits=list(splits), classes=list(EMBEDDED_CLASSES)), root/'info.json')
-    write_manifest(m, mpath)  # written last: its presence marks a complete dataset
+    if root.is_dir() and any(root.iterdir()) and not (root/'info.json').is_file():
+        raise FileExistsError(f'{root} exists, is not empty and is not an embedded dataset; refusing to overwrite it')
+    # generate into a private temporary folder, then rename: concurrent callers never see half-written files
+    tmp = root.parent/f'.{root.name}.tmp-{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    jobs = [(str(tmp), label, n_per_class, image_size, seed, n_tr, n_va) for label in range(len(EMBEDDED_CLASSES))]
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    try:
+        if workers > 1 and n_per_class * len(jobs) >= 500:
+            import concurrent.futures as cf, multiprocessing as mp
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if os.name == 'posix' else 'spawn')) as ex:
+                parts = list(ex.map(_write_class, jobs))
+        else: parts = [_write_class(j) for j in jobs]
+        m = pd.DataFrame([r for p in parts for r in p], columns=MANIFEST_COLUMNS + ['split'])
+        save_json(dict(key=key, version=EMBEDDED_VERSION, image_size=image_size, n_per_class=n_per_class, seed=seed,
+                       splits=list(splits), classes=list(EMBEDDED_CLASSES), params=EMBEDDED_PARAMS), tmp/'info.json')
+        write_manifest(m, tmp/'manifest.csv')
+        if root.is_dir(): shutil.rmtree(root) if (root/'info.json').is_file() else root.rmdir()  # a stale version / empty folder
+        try: os.rename(tmp, root)
+        except OSError:  # another process finished first: use its (identical) copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            return root, read_manifest(mpath)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
     return root, m
 
 # %% ../nbs/05_data.ipynb #8baac9a9
