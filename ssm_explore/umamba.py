@@ -281,8 +281,7 @@ class UMambaEnc(_UMamba):
         self._finish(num_classes, dec, deep_supervision)
 
     def forward(self, x:torch.Tensor)->torch.Tensor|list:
-        if list(x.shape[2:]) != self.input_size:
-            raise ValueError(f"UMambaEnc was built for patches {tuple(self.input_size)}, got {tuple(x.shape[2:])}")
+        # as upstream, other input sizes work unless a channel-token layer sees another H*W (it raises a clear error)
         return self.decoder(self.encoder(x))
 
 # %% ../nbs/08_umamba.ipynb #13378cd3
