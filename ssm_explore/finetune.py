@@ -663,7 +663,7 @@ def figure5(logs:dict, # {regime: Trainer.log}
     axs[0, 1].set(xlabel='epoch', ylabel='pseudo Dice', title='(b) validation Dice per epoch')
     axs[1, 0].set(xlabel='wall time (s)', ylabel='validation loss'); axs[1, 1].set(xlabel='wall time (s)', ylabel='pseudo Dice')
     for a in axs.ravel(): a.grid(alpha=0.3); a.legend(fontsize=7)
-    fig.suptitle('Figure 5. Three regimes on roads', fontsize=10); fig.tight_layout()
+    fig.suptitle('Figure 5. Training regimes on roads (wall times in the legend)', fontsize=10); fig.tight_layout()
     fig.savefig(path); plt.close(fig)
     return Path(path)
 
