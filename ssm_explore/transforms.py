@@ -163,28 +163,31 @@ def apply_transform(img:np.ndarray, # uint8 (H, W, 3) RGB
 
 # %% ../nbs/04_transforms.ipynb #88276512
 def plot_gallery(img:np.ndarray, # uint8 (H, W, 3), usually after the common geometry
-                 names=TRANSFORM_NAMES, severity=None, seed:int=0, image_id:str='gallery', ncols:int=7, size:float=1.6):
+                 names=TRANSFORM_NAMES, severity=None, seed:int=0, image_id:str='gallery', ncols:int=7, size:float=1.3, dpi:int=80):
     "A grid of `img` under each transform in `names` (at `severity`)."
     import matplotlib.pyplot as plt
     nrows = math.ceil(len(names) / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.12))
+    fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.12), dpi=dpi)
     for ax in np.ravel(axs): ax.axis('off')
     for ax, n in zip(np.ravel(axs), names):
         ax.imshow(apply_transform(img, n, severity, seed=seed, image_id=image_id)); ax.set_title(REPORT_NAMES[n], fontsize=7)
     fig.tight_layout(pad=0.3)
     return fig
 
-def plot_severity_strips(img:np.ndarray, names=TRANSFORM_NAMES[1:], seed:int=0, image_id:str='gallery', size:float=1.1):
-    "One row per transform: the report configuration, then severities 1..5."
+def plot_severity_strips(img:np.ndarray, names=TRANSFORM_NAMES[1:], seed:int=0, image_id:str='gallery', dpi:int=80, gap:int=2):
+    "One row per transform: the report configuration, then severities 1..5 — one mosaic drawn at one screen pixel per image pixel."
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(len(names), 6, figsize=(6 * size, len(names) * size), squeeze=False)
+    h, w = img.shape[:2]; cols = (None, *SEVERITIES)
+    mos = np.full((len(names) * (h + gap), len(cols) * (w + gap), 3), 255, np.uint8)
     for r, n in enumerate(names):
-        for c, s in enumerate((None, *SEVERITIES)):
-            ax = axs[r, c]; ax.imshow(apply_transform(img, n, s, seed=seed, image_id=image_id))
-            ax.set_xticks([]); ax.set_yticks([])
-            if r == 0: ax.set_title('report' if s is None else f'severity {s}', fontsize=7)
-            if c == 0: ax.set_ylabel(n, fontsize=6, rotation=0, ha='right', va='center')
-    fig.tight_layout(pad=0.2)
+        for c, s in enumerate(cols):
+            mos[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = apply_transform(img, n, s, seed=seed, image_id=image_id)
+    left, top = 150, 16  # margins in pixels for the labels
+    fig = plt.figure(figsize=((mos.shape[1] + left) / dpi, (mos.shape[0] + top) / dpi), dpi=dpi)
+    ax = fig.add_axes([left / (mos.shape[1] + left), 0, mos.shape[1] / (mos.shape[1] + left), mos.shape[0] / (mos.shape[0] + top)])
+    ax.imshow(mos, interpolation='nearest'); ax.axis('off')
+    for r, n in enumerate(names): ax.text(-6, r * (h + gap) + h / 2, n, ha='right', va='center', fontsize=8)
+    for c, s in enumerate(cols): ax.text(c * (w + gap) + w / 2, -4, 'report' if s is None else f's{s}', ha='center', va='bottom', fontsize=8)
     return fig
 
 # %% ../nbs/04_transforms.ipynb #93983c83
