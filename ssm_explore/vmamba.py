@@ -402,7 +402,7 @@ def describe_state_dict(sd:dict)->str:
         if (tuple(a['depths']), a['dims'], a['ssm_ratio'], d_state) == (depths, dim, ratio, 1): return f"looks like {name}: {desc}"
     return f"looks like no released variant: {desc}"
 
-def _head_keys(model:nn.Module)->set: return {'classifier.head.weight', 'classifier.head.bias'}
+_HEAD_KEYS = {'classifier.head.weight', 'classifier.head.bias'}   # may differ: fine-tuning to other classes
 
 def checkpoint_filter_fn(state_dict:dict, model:VSSM, use_ema:bool=False)->dict:
     "Official checkpoint or bare state dict -> `model`'s state dict (keys checked; a differing head is kept as is)."
@@ -415,10 +415,10 @@ def checkpoint_filter_fn(state_dict:dict, model:VSSM, use_ema:bool=False)->dict:
         if k == 'patch_embed.0.weight' and w is not None and v.shape[1] != w.shape[1]:
             v = adapt_input_conv(w.shape[1], v)
         out[k] = v
-    missing = [k for k in want if k not in out and k not in _head_keys(model)]
-    unexpected = [k for k in out if k not in want and k not in _head_keys(model)]
+    missing = [k for k in want if k not in out and k not in _HEAD_KEYS]
+    unexpected = [k for k in out if k not in want and k not in _HEAD_KEYS]
     wrong = [f"{k}: file {tuple(out[k].shape)} vs model {tuple(want[k].shape)}" for k in out
-             if k in want and k not in _head_keys(model) and out[k].shape != want[k].shape]
+             if k in want and k not in _HEAD_KEYS and out[k].shape != want[k].shape]
     if missing or unexpected or wrong:
         show = lambda xs: f"{len(xs)} {xs[:8]}{' ...' if len(xs) > 8 else ''}"
         raise CheckpointMismatch(f"checkpoint does not fit {type(model).__name__}: missing {show(missing)}, "
@@ -434,10 +434,10 @@ def load_checkpoint(model:VSSM, checkpoint, use_ema:bool=False)->VSSM:
         if isinstance(checkpoint, dict): raise
         raise CheckpointMismatch(f"{checkpoint}: {e}") from None
     want = model.state_dict()
-    for k in _head_keys(model):   # fine-tuning: another number of classes, or no head at all
+    for k in _HEAD_KEYS:   # fine-tuning: another number of classes, or no head at all
         if k in sd and (k not in want or sd[k].shape != want[k].shape): del sd[k]
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    assert not unexpected and set(missing) <= _head_keys(model), (missing, unexpected)
+    assert not unexpected and set(missing) <= _HEAD_KEYS, (missing, unexpected)
     return model
 
 # %% ../nbs/03_vmamba.ipynb #d7e117c4
@@ -501,7 +501,7 @@ def bench_cli(argv:list)->int:
     import argparse, json, platform
     p = argparse.ArgumentParser(prog='ssm-explore bench vmamba',
                                 description='CPU inference of VMamba-B vs Swin-B vs ConvNeXt-B, side by side in one run.')
-    p.add_argument('--quick', action='store_true', help='batch 1, 2 rounds (< 1 minute)')
+    p.add_argument('--quick', action='store_true', help='batch 1, 2 rounds, no memory probes (< 1 minute)')
     p.add_argument('--batch', type=int, default=None, help='images per forward (default 8; 1 with --quick)')
     p.add_argument('--size', type=int, default=224, help='image side')
     p.add_argument('--rounds', type=int, default=None, help='timed forwards per model (default 5; 2 with --quick)')
@@ -511,7 +511,7 @@ def bench_cli(argv:list)->int:
     p.add_argument('--json', default=None, help='also write the rows to this JSON file')
     a = p.parse_args(argv)
     batch, rounds = a.batch or (1 if a.quick else 8), a.rounds or (2 if a.quick else 5)
-    rows = bench_vmamba(a.models, batch, a.size, rounds, a.threads, memory=not a.no_memory)
+    rows = bench_vmamba(a.models, batch, a.size, rounds, a.threads, memory=not (a.no_memory or a.quick))
     print(f"CPU inference, batch {batch}, {a.size}x{a.size}, {rows[0]['threads']} threads, {rounds} rounds "
           f"(median), {platform.processor() or platform.machine()}; scan backend: torch")
     print(f"{'model':34s} {'params':>8s} {'ms/batch':>9s} {'img/s':>7s} {'peak MiB':>9s} {'fwd MiB':>8s}")
