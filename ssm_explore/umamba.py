@@ -381,7 +381,10 @@ def _load_any(path_or_dict, weights_only:bool)->tuple[dict, str]:
     path = Path(path_or_dict)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint {path} does not exist")
     import numpy as np
-    safe = [np.core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')}]
+    try: from numpy._core.multiarray import scalar  # NumPy 2
+    except ImportError: from numpy.core.multiarray import scalar
+    # nnU-Net's logging holds NumPy scalars: allow exactly those types in torch's safe loader
+    safe = [scalar, np.dtype, *{type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')}]
     try:
         with torch.serialization.safe_globals(safe):
             return torch.load(path, map_location='cpu', weights_only=weights_only), str(path)
