@@ -456,7 +456,7 @@ def run_bench(quick:bool=False, repeat:int=5, ref_backward:str='a1', workloads=N
             r = max(1, repeat // 2) if slow else repeat
             m = dict(zip(('fwd_best', 'fwd_median'), _time(lambda: fn(*args, **kw), r)))
             with torch.no_grad(): m['fwd_peak_mb'] = _peak_mb(lambda: fn(*args, **kw))
-            if not slow or ref_backward == 'all' or (ref_backward == 'a1' and (quick or name == 'a1')):
+            if not slow or ref_backward == 'all' or (ref_backward == 'a1' and name == 'a1'):
                 fb = _fwd_bwd(fn, args, kw)
                 m.update(zip(('fwd_bwd_best', 'fwd_bwd_median'), _time(fb, 1 if slow else r)))
                 m['fwd_bwd_peak_mb'] = _peak_mb(fb)
@@ -522,7 +522,7 @@ def bench_cli(argv:list)->int:
     from ssm_explore.core import save_json
     p = argparse.ArgumentParser(prog='ssm-explore bench scan', description=bench_cli.__doc__)
     p.add_argument('--quick', action='store_true', help='short sequences, a small fast version (< 1 minute)')
-    p.add_argument('--repeat', type=int, default=None, help='timed runs per measurement (default 5, quick 3)')
+    p.add_argument('--repeat', type=int, default=None, help='timed runs per measurement (default 5, quick 2)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s choice)')
     p.add_argument('--workloads', nargs='*', default=None, help=f"subset of {list(_WORKLOADS)}")
     p.add_argument('--ref-backward', choices=['a1', 'all', 'none'], default='a1',
@@ -532,7 +532,7 @@ def bench_cli(argv:list)->int:
     if a.threads: torch.set_num_threads(a.threads)
     bad = set(a.workloads or []) - set(_WORKLOADS)
     if bad: p.error(f"unknown workload(s) {sorted(bad)}; known: {list(_WORKLOADS)}")
-    res = run_bench(a.quick, a.repeat or (3 if a.quick else 5), a.ref_backward, a.workloads)
+    res = run_bench(a.quick, a.repeat or (2 if a.quick else 5), a.ref_backward, a.workloads)
     res['gpu'] = gpu_check()
     print(bench_table(res))
     if a.json: save_json(res, a.json)
