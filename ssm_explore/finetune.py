@@ -442,7 +442,7 @@ class StudyConfig:
     speed_rounds: int = 15
     target_dice: float|None = None     # None: 90% of the best final pseudo Dice of the three regimes
     seed: int = 0
-    prefix_modules: tuple = ('encoder.stem', 'encoder.stages.0', 'encoder.stages.1')  # the input prefix frozen in 'freeze_prefix'
+    prefix_modules: tuple = ('encoder.stem', 'encoder.stages.0')  # the full-resolution input prefix frozen in 'freeze_prefix'
     regimes: tuple = ('scratch', 'full', 'freeze', 'freeze_prefix')
     device: str = 'cpu'                # 'cuda' to train on a GPU
 
@@ -708,7 +708,7 @@ def finetune_cli(argv:list)->int:
     p.add_argument('--warmup', type=int, help='warm-up iterations before freezing')
     p.add_argument('--threshold', type=float, help='freeze below threshold x median gradient norm')
     p.add_argument('--measure', choices=['norm', 'rms'], help='gradient score per tensor')
-    p.add_argument('--prefix', help="comma-separated module names frozen in 'freeze_prefix' (default encoder.stem,encoder.stages.0,encoder.stages.1)")
+    p.add_argument('--prefix', help="comma-separated module names frozen in 'freeze_prefix' (default encoder.stem,encoder.stages.0)")
     p.add_argument('--patch', type=int); p.add_argument('--batch-size', type=int)
     p.add_argument('--optimizer', choices=['sgd', 'adamw']); p.add_argument('--lr', type=float)
     p.add_argument('--n-train', type=int, help='training tiles (generated, or read from --roads)')
