@@ -103,7 +103,8 @@ DDP_SCRIPT = textwrap.dedent('''
     t = Trainer(net, synthetic_split('roads', 'train', n=2, size=64), synthetic_split('roads', 'valid', n=1, size=64), cfg, sys.argv[1], 'ddp')
     s = t.fit()
     chk = float(sum(p.detach().double().sum() for p in net.parameters()))
-    print('RESULT', json.dumps(dict(rank=rank, world=world, checksum=chk, frozen=len(t.frozen), dice=s['final_dice'])), flush=True)
+    with open(f'{sys.argv[1]}/result_{rank}.json', 'w') as f:   # one file per rank: stdout lines of two ranks can interleave
+        json.dump(dict(rank=rank, world=world, checksum=chk, frozen=len(t.frozen), dice=s['final_dice']), f)
     torch.distributed.destroy_process_group()
 ''')
 
@@ -114,7 +115,7 @@ def test_torchrun_two_gloo_processes(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         str(script), str(tmp_path/'run')], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    res = [json.loads(l.split('RESULT ', 1)[1]) for l in r.stdout.splitlines() if 'RESULT ' in l]
+    res = [json.loads((tmp_path/'run'/f'result_{k}.json').read_text()) for k in (0, 1)]
     assert sorted(x['rank'] for x in res) == [0, 1] and all(x['world'] == 2 for x in res)
     assert res[0]['checksum'] == pytest.approx(res[1]['checksum'], rel=1e-9)   # replicas stayed in sync
     assert res[0]['frozen'] == res[1]['frozen'] > 0                            # same frozen set on both ranks
