@@ -5,6 +5,14 @@ from PIL import Image
 from ssm_explore.roads import *
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    "One torch thread: on a shared, oversubscribed CPU, OpenMP's spinning threads make these small ops 10x slower."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _write(p, a):
     p.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(a).save(p)
 
