@@ -58,7 +58,7 @@ cmd_test() {
   python -m ssm_explore.devtools readme-check || fail "README.md is stale (see above)"
   python -m ssm_explore.devtools colab-check || fail "a notebook lacks its Colab cells (see above)"
   say "4/7 nbdev_test on every notebook (flags slow, cuda skipped)"
-  nbdev_test --n_workers 2 --timing 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -eq 0 ] || fail "nbdev_test: a notebook failed (named above)"
+  OMP_NUM_THREADS=1 nbdev_test --n_workers 2 --timing 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -eq 0 ] || fail "nbdev_test: a notebook failed (named above)"
   say "5/7 pytest tests/"
   set +e; python -m pytest tests/ -q -p no:cacheprovider 2>&1 | tee "$log"; local rc=${PIPESTATUS[0]}; set -e
   [ "$rc" -eq 0 ] || fail "pytest tests/ (exit $rc)"

@@ -99,7 +99,7 @@ def run_demo(out_dir='runs/demo', # the report folder
         results['explain'] = r; sections.append(r.get('markdown', ''))
     if 'finetune' in parts and _has('ssm_explore.finetune'):
         from ssm_explore.finetune import run_finetune_study
-        print('== 3. U-Mamba fine-tuning regimes'); r = run_finetune_study(out_dir/'finetune', quick=quick, progress=progress)
+        print('== 3. U-Mamba fine-tuning regimes'); r = run_finetune_study(out_dir/'finetune', quick=True, progress=progress)   # the short version; `ssm-explore finetune` runs the full one
         results['finetune'] = r; sections.append(finetune_section(r, out_dir))
     env = env_info()
     meta = dict(quick=quick, seconds=time.perf_counter() - t0, device=(env['devices'] or ['cpu'])[0],
