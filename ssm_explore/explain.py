@@ -589,12 +589,12 @@ def run_explain_study(out_dir, # report folder for this part (figures, tables, e
 # %% ../nbs/07_explain.ipynb #82d6df74
 REPORT_CASE = dict(model='vmamba_base', true=924, pred=923, transform='perspective', severity=0)
 
-def _class_images(manifest:pd.DataFrame, label:int, transform:str, severity:int, seed:int, limit:int|None=None)->tuple:
+def _class_images(manifest:pd.DataFrame, label:int, transform:str, severity:int, seed:int, limit:int|None=None, root=None)->tuple:
     from ssm_explore.data import TransformedImageDataset
     m = manifest[manifest.label == label]
     if limit: m = m.head(limit)
     if m.empty: raise ValueError(f'no validation images of class {label} in the ImageNet folder')
-    ds = TransformedImageDataset(m, transform, severity or None, seed=seed, geometry=(256, 224), root=None)
+    ds = TransformedImageDataset(m, transform, severity or None, seed=seed, geometry=(256, 224), root=root)
     return np.stack([ds.image(i) for i in range(len(ds))]), list(m.image_id)
 
 def explain_cli(argv:list)->int:
@@ -660,7 +660,7 @@ def _real_explain(a, methods)->int:
     if case['transform'] not in TRANSFORM_NAMES: raise SystemExit(f"unknown transform {case['transform']!r}; known: {list(TRANSFORM_NAMES)}")
     names = imagenet_classes().class_name.tolist()
     manifest = imagenet_val_manifest(a.imagenet)
-    imgs, ids = _class_images(manifest, case['true'], case['transform'], case['severity'], a.seed, a.max_images)
+    imgs, ids = _class_images(manifest, case['true'], case['transform'], case['severity'], a.seed, a.max_images, root=a.imagenet)
     pr = predict_images(models[main], imgs)
     confused = pr.argmax(1) == case['pred']
     order = np.lexsort((-pr[:, case['pred']], ~confused))  # confused first, most confident first
