@@ -402,7 +402,8 @@ def embedded_dataset(root=None, # folder to write to (default: `cache_dir('embed
     if not 32 <= image_size <= 224: raise ValueError(f'image_size must be in 32..224, got {image_size}')
     if n_per_class < 3: raise ValueError(f'n_per_class must be at least 3, got {n_per_class}')
     if len(splits) != 3 or abs(sum(splits) - 1) > 1e-6: raise ValueError(f'splits must be 3 fractions summing to 1, got {splits}')
-    key = f'v{EMBEDDED_VERSION}-{image_size}px-{n_per_class}pc-seed{seed}-' + '-'.join(f'{f:g}' for f in splits)
+    phash = f'{stable_seed(repr(sorted(EMBEDDED_PARAMS.items()))):016x}'[:8]  # editing EMBEDDED_PARAMS gives a new cache entry
+    key = f'v{EMBEDDED_VERSION}-{phash}-{image_size}px-{n_per_class}pc-seed{seed}-' + '-'.join(f'{f:g}' for f in splits)
     root = Path(root) if root is not None else cache_dir('embedded', key)
     mpath = root/'manifest.csv'
     if mpath.is_file() and (root/'info.json').is_file() and load_json(root/'info.json').get('key') == key:
