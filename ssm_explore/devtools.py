@@ -81,10 +81,11 @@ def readme_text(root=None)->str:
         elif c.cell_type == 'code' and not _is_hidden(c):
             src = _DIRECTIVE.sub('', c.source).strip()
             if src: parts.append(f'``` python\n{src}\n```')
+            if re.search(r'^\s*#\s*\|\s*eval:\s*false', c.source, re.MULTILINE): continue   # never run: show no output
             for o in c.get('outputs', []):
                 txt = o.get('text') if o.get('output_type') == 'stream' else o.get('data', {}).get('text/plain')
                 if txt: parts.append('    ' + ''.join(txt).rstrip('\n').replace('\n', '\n    '))
-    return '\n\n'.join(parts) + '\n'
+    return ('\n\n'.join(parts) + '\n').replace('\r\n', '\n')
 
 def make_readme(root=None)->Path:
     "Write `README.md` from `nbs/index.ipynb`."
@@ -282,16 +283,21 @@ def _repo_slug(root:Path)->str:
     c = ConfigParser(delimiters=['=']); c.read(root/'settings.ini')
     return c['DEFAULT'].get('git_url', 'https://github.com/ssm-explore/ssm_explore').rstrip('/').split('github.com/')[-1]
 
+def _install_source(slug:str)->str:
+    return ('#| eval: false\n'
+            '# On Colab run this cell first (locally `pip install -e ".[dev]"` does the same; here it does nothing).\n'
+            '# imgaug needs numpy<2: if pip downgrades NumPy, restart the runtime once when Colab asks.\n'
+            'import sys\n'
+            "if 'google.colab' in sys.modules:\n"
+            f'    !pip install -q "ssm_explore @ git+https://github.com/{slug}"')
+
 def colab_cells(root:Path, nb_path:Path)->tuple:
     "The (markdown link, install code) cells for one notebook."
     import nbformat
     slug = _repo_slug(root); rel = nb_path.relative_to(root).as_posix()
     link = nbformat.v4.new_markdown_cell(f'[Open in Colab](https://{_COLAB_MARK}{slug}/blob/main/{rel}) · '
                                          f'[source](https://github.com/{slug}/blob/main/{rel})')
-    code = nbformat.v4.new_code_cell('#| eval: false\n'
-        '# On Colab (or any fresh runtime) run this cell first; locally `pip install -e ".[dev]"` does the same.\n'
-        '# imgaug needs numpy<2: if pip downgrades NumPy, restart the runtime once when Colab asks.\n'
-        f'!pip install -q "ssm_explore @ git+https://github.com/{slug}"')
+    code = nbformat.v4.new_code_cell(_install_source(slug))
     return link, code
 
 def _has_colab(nb)->bool:
