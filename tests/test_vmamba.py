@@ -218,4 +218,5 @@ def test_bench_cli_runs(capsys):
     out = capsys.readouterr().out
     assert 'ratio test_vmamba / test_convnext' in out and 'peak MiB' in out
     mem = V._memory_probe('test_vmamba', 2, 64, 1)          # what each child process of the full benchmark runs
-    if Path('/proc/self/status').exists(): assert mem['peak_mib'] > 0 and mem['forward_mib'] >= 0
+    # resident-memory growth can dip slightly below zero when pages are returned during the forward
+    if Path('/proc/self/status').exists(): assert mem['peak_mib'] > 0 and mem['forward_mib'] > -1.0
