@@ -82,7 +82,7 @@ def write_report(out_dir, sections:list, meta:dict)->dict:
 
 # %% ../nbs/11_demo.ipynb #11dea984
 def run_demo(out_dir='runs/demo', # the report folder
-             quick:bool=False, # the ~2-minute CI-sized version
+             quick:bool=False, # the short CI-sized version
              parts:tuple=('robustness', 'explain', 'finetune'), progress:bool=True)->dict:
     "Run every available part of the study on the embedded default and write the report."
     import torch, ssm_explore
@@ -114,7 +114,7 @@ def demo_cli(argv:list)->int:
     p = argparse.ArgumentParser(prog='ssm-explore demo', description=run_demo.__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', default='runs/demo', help='report folder')
-    p.add_argument('--quick', action='store_true', help='the ~2-minute CI-sized version')
+    p.add_argument('--quick', action='store_true', help='the short CI-sized version (a pipeline check: its models are near chance)')
     p.add_argument('--parts', default='robustness,explain,finetune', help='comma-separated parts to run')
     p.add_argument('--no-progress', action='store_true')
     a = p.parse_args(argv)

@@ -412,7 +412,7 @@ def robustness_cli(argv:list)->int:
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument('--device', default=None)
-    p.add_argument('--quick', action='store_true', help='mini-study only: the ~2 minute CI-sized version')
+    p.add_argument('--quick', action='store_true', help='mini-study only: the short CI-sized version')
     a = p.parse_args(argv)
     if a.imagenet is None:
         from ssm_explore.ministudy import MiniStudyConfig, run_mini_study, print_mini_summary

@@ -103,7 +103,7 @@ class MiniStudyConfig:
 
     @classmethod
     def quick(cls, **kw):
-        "A ~2-minute version: fewer images and epochs, the report's severity only."
+        "The short CI-sized version: fewer images and epochs, the report's severity only (a pipeline check; its models stay near chance)."
         return cls(**{**dict(n_per_class=60, test_per_class=8, epochs=3, severities='report'), **kw})
 
     def train_key(self)->str:
