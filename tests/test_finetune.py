@@ -6,12 +6,7 @@ from ssm_explore.finetune import *
 from ssm_explore.roads import synthetic_split, sample_batch
 from ssm_explore.umamba import umamba_bot_small
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "One torch thread: on a shared, oversubscribed CPU, OpenMP's spinning threads make these small ops 10x slower."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # see conftest.py
 
 
 SMALL = dict(patch_size=(32, 32), n_stages=3, base_features=4, max_features=16)

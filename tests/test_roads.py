@@ -5,12 +5,7 @@ from PIL import Image
 from ssm_explore.roads import *
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "One torch thread: on a shared, oversubscribed CPU, OpenMP's spinning threads make these small ops 10x slower."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # see conftest.py
 
 
 def _write(p, a):
