@@ -305,14 +305,28 @@ def new_confusions(results:pd.DataFrame, # per-image results (model, transform, 
     d.insert(0, 'severity', severity); d.insert(0, 'transform', transform); d.insert(0, 'model', model)
     return d.reset_index(drop=True)[['model', 'transform', 'severity', 'true', 'pred', 'count', 'share', 'image_ids']]
 
-def top_confusion(results:pd.DataFrame, model:str, transforms:list|None=None, severity:int=0)->dict:
+def top_confusion(results:pd.DataFrame, model:str, transforms:list|None=None, severity:int=0,
+                  fallback:bool=True # no new confusion anywhere: take the most frequent error under the transforms
+                 )->dict:
     "The most frequent new confusion of `model` over `transforms` (all but clean by default) as a dict."
     ts = transforms or [t for t in dict.fromkeys(results[results.model == model]['transform']) if t != 'clean']
     parts = [new_confusions(results, model, t, severity) for t in ts]
-    d = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
-    if d is None: raise ValueError(f'{model!r} makes no new confusion under {ts}')
+    if any(len(p) for p in parts):
+        d = pd.concat([p for p in parts if len(p)], ignore_index=True); kind = 'new'
+    else:
+        # a weak model (e.g. near chance) may be wrong on every clean image already, so no error is "new":
+        # fall back to its most frequent (true -> predicted) error under the transforms, and say so
+        r = results[(results.model == model) & results['transform'].isin(ts) & (results.severity == severity)]
+        w = r[r.pred != r.label]
+        if not fallback or w.empty:
+            raise ValueError(f'{model!r} makes no new confusion under {ts}' + ('' if w.empty else ' (fallback=False)'))
+        d = (w.sort_values('p_pred', ascending=False).groupby(['transform', 'label', 'pred'])
+              .agg(count=('image_id', 'size'), image_ids=('image_id', lambda s: ' '.join(s))).reset_index()
+              .rename(columns={'label': 'true'}))
+        d['share'] = d['count'] / d['true'].map(r[r['transform'] == ts[0]].groupby('label').size()).fillna(1)
+        d.insert(0, 'model', model); d.insert(2, 'severity', severity); kind = 'error'
     d = d.sort_values(['count', 'share', 'transform', 'true', 'pred'], ascending=[False, False, True, True, True])
-    row = d.iloc[0].to_dict(); row['image_ids'] = row['image_ids'].split(); return row
+    row = d.iloc[0].to_dict(); row['image_ids'] = row['image_ids'].split(); row['kind'] = kind; return row
 
 # %% ../nbs/07_explain.ipynb #4e5c833f
 def overlay(img:np.ndarray, # uint8 (H, W, 3)
@@ -489,7 +503,10 @@ def learned_features_for(model, classes, size, steps, seed):
 def _case_markdown(case, t_name, p_name, preds, mean, win, routes, abl, files, base, n)->str:
     rel = lambda p: Path(p).resolve().relative_to(Path(base).resolve()).as_posix()
     L = [f"### The case: {t_name} → {p_name} under {case['transform']}",
-         f"The most frequent confusion that `{case['transform']}` creates for **{case.get('model', '?')}**"
+         (f"No image that **{case.get('model', '?')}** gets right when clean is misclassified under any transform "
+          f"(the model is too weak for *new* confusions), so this is its most frequent error under `{case['transform']}`"
+          if case.get('kind') == 'error' else
+          f"The most frequent confusion that `{case['transform']}` creates for **{case.get('model', '?')}**")
          + (f" ({case['count']} images)" if 'count' in case else '') + '. Predictions on the case image: '
          + '; '.join(f'{k}: {v}' for k, v in preds.items()) + '.', '',
          f"![figure 4]({rel(files['figure4'])})", '',
