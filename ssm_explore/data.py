@@ -316,15 +316,15 @@ def materialize(manifest:pd.DataFrame, out, # output folder
 # %% ../nbs/05_data.ipynb #cb6ada10
 EMBEDDED_SHAPES, EMBEDDED_TEXTURES, EMBEDDED_COLOURS = ('disc', 'bar', 'cross'), ('solid', 'striped'), ('warm', 'cool')
 EMBEDDED_CLASSES = tuple(f'{c}_{t}_{s}' for c in EMBEDDED_COLOURS for t in EMBEDDED_TEXTURES for s in EMBEDDED_SHAPES)
-EMBEDDED_VERSION = 3
+EMBEDDED_VERSION = 4
 # nuisance ranges (fractions of the image side; colours as HSV in [0, 1])
 EMBEDDED_PARAMS = dict(
     hue=dict(warm=(-0.07, 0.15), cool=(0.47, 0.68)),  # red..yellow vs cyan..blue (fraction of the colour circle)
-    saturation=(0.12, 1.0), value=(0.45, 1.0),        # low saturation: nearly grey objects, colour ambiguous
-    radius=(0.13, 0.26),                              # object size (all shapes have about the area of this disc)
-    stripe_period=(0.08, 0.15), stripe_dark=(0.3, 0.8), # stripe width and the dark stripes' value factor (0.8: faint)
-    background_saturation=(0, 0.3), distractors=(1, 3), distractor_radius=(0.03, 0.07), occlusion=0.5,
-    noise=(0, 0.03))
+    saturation=(0.5, 1.0), value=(0.55, 1.0),         # clearly coloured objects
+    radius=(0.2, 0.3),                                # object size (all shapes have about the area of this disc)
+    stripe_period=(0.1, 0.18), stripe_dark=(0.2, 0.45), # stripe width and the dark stripes' value factor
+    background_saturation=(0, 0.3), distractors=(0, 2), distractor_radius=(0.03, 0.07), occlusion=0.2,
+    noise=(0, 0.02))
 
 def _hsv(h, s, v)->np.ndarray:
     "RGB float32 (3,) of one HSV colour (each in [0,1]; hue wraps)."

@@ -64,7 +64,7 @@ _DIRECTIVE = re.compile(r'^\s*#\s*\|.*$\n?', re.MULTILINE)
 
 def _is_hidden(cell)->bool:
     src = cell.get('source', '')
-    return bool(re.search(r'^\s*#\s*\|\s*(hide|include:\s*false|export|exporti|default_exp)\b', src, re.MULTILINE))
+    return bool(re.search(r'^\s*#\s*\|\s*(hide|include:\s*false|echo:\s*false|export|exporti|default_exp)\b', src, re.MULTILINE))
 
 def readme_text(root=None)->str:
     "The README text made from `nbs/index.ipynb`."
@@ -164,6 +164,9 @@ def build_docs(root=None, out:str='_docs', n_workers:int=0)->Path:
         nb = nbformat.read(src, as_version=4)
         fm = [c for c in nb.cells if c.cell_type == 'raw' and c.source.lstrip().startswith('---')]
         nb.cells = [c for c in nb.cells if c not in fm]
+        for c in nb.cells:   # `#| echo: false`: show the output only, as Quarto does
+            if c.cell_type == 'code' and re.search(r'^\s*#\s*\|\s*echo:\s*false', c.source, re.MULTILINE):
+                c.metadata.setdefault('transient', {})['remove_source'] = True
         if fm:   # nbdev moved the title and summary into Quarto frontmatter: show them as Quarto would
             t = re.search(r'^title:\s*(.+)$', fm[0].source, re.MULTILINE); d = re.search(r'^description:\s*(.+)$', fm[0].source, re.MULTILINE)
             head = (f'# {t.group(1).strip(chr(34)+chr(39))}' if t else '') + (f'\n\n> {d.group(1).strip(chr(34)+chr(39))}' if d else '')

@@ -15,7 +15,7 @@ __all__ = ['REPORT_MODELS', 'RESULT_COLUMNS', 'PUBLISHED_TOP1', 'Normalized', 'c
            'predict', 'evaluate', 'load_results', 'bootstrap_ci', 'mcnemar_test', 'holm', 'expected_calibration_error',
            'accuracy_table', 'per_class_accuracy', 'paired_comparisons', 'plot_best_worst', 'plot_severity_curves',
            'plot_heatmap', 'code_version', 'manifest_hash', 'prepare_run', 'describe_model', 'summarize_run',
-           'robustness_cli']
+           'robustness_cli', 'bench_cli']
 
 # %% ../nbs/06_evaluate.ipynb #337f1ed6
 class Normalized(nn.Module):
@@ -469,6 +469,69 @@ def _real_study(a)->int:
                                  f'(published on the full 50k set: {PUBLISHED_TOP1[m]})')
         print(f'tables and figures in {out}')
     if world > 1: torch.distributed.destroy_process_group()
+    return 0
+
+# %% ../nbs/06_evaluate.ipynb #27132124
+def _time_forward(model:Normalized, batches:list)->float:
+    "Seconds of the pure forward of `model` over preloaded uint8 `batches` (inference mode, as `evaluate` runs it)."
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for x in batches: model(x)
+    return time.perf_counter() - t0
+
+def bench_cli(argv:list)->int:
+    "`ssm-explore bench evaluate`: end-to-end evaluation images/s vs the model's pure forward images/s on the same batches."
+    import argparse, tempfile, shutil
+    from ssm_explore.transforms import _bench_images, TRANSFORM_NAMES
+    from ssm_explore.data import TransformedImageDataset
+    p = argparse.ArgumentParser(prog='ssm-explore bench evaluate', description=bench_cli.__doc__)
+    p.add_argument('--quick', action='store_true', help='vmamba_tiny, 16 images, one transform, workers 0 and 1 (about a minute)')
+    p.add_argument('--model', default=None, help='timm/ssm_explore model name, random weights (default vmamba_base; quick vmamba_tiny)')
+    p.add_argument('--n', type=int, default=None, help='images per measurement (default 32; quick 16)')
+    p.add_argument('--batch-size', type=int, default=None, help='default 16; quick 8')
+    p.add_argument('--transforms', nargs='+', default=None, help='default: clean perspective piecewise_affine (quick: perspective)')
+    p.add_argument('--workers', type=int, nargs='+', default=None, help='DataLoader workers to try (default 0 1 2; quick 0 1)')
+    p.add_argument('--repeats', type=int, default=2, help='alternating repeats; the best of each side is kept')
+    p.add_argument('--target', type=float, default=0.85, help='required pipeline rate / pure forward rate')
+    p.add_argument('--out', default=None, help='also write the results as JSON here')
+    a = p.parse_args(argv)
+    name = a.model or ('vmamba_tiny' if a.quick else 'vmamba_base')
+    n, bs = a.n or (16 if a.quick else 32), a.batch_size or (8 if a.quick else 16)
+    names = a.transforms or (['perspective'] if a.quick else ['clean', 'perspective', 'piecewise_affine'])
+    bad = [t for t in names if t != 'clean' and t not in TRANSFORM_NAMES]
+    if bad: raise SystemExit(f'unknown transform(s) {bad}; known: clean, {", ".join(TRANSFORM_NAMES)}')
+    workers = a.workers or ([0, 1] if a.quick else [0, 1, 2])
+    model = Normalized(create_model(name)).eval().to(memory_format=torch.channels_last)
+    res = dict(model=name, n_images=n, batch_size=bs, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+               target=a.target, rows=[])
+    print(f'{name}: {sum(q.numel() for q in model.parameters())/1e6:.1f}M params, random weights, {n} images of 224 px '
+          f'in batches of {bs}, {torch.get_num_threads()} threads, best of {a.repeats}')
+    hdr = f"{'transform':<20}{'workers':>8}{'forward img/s':>15}{'pipeline img/s':>16}{'ratio':>8}"
+    print(hdr); print('-' * len(hdr))
+    with tempfile.TemporaryDirectory() as d:
+        m = _bench_images(d, n)
+        with torch.inference_mode(): model(torch.zeros(bs, 3, 224, 224, dtype=torch.uint8))  # warm-up
+        for t in names:
+            ds_fn = lambda tt, s: TransformedImageDataset(m, tt, s or None, seed=0, geometry=(256, 224), root=d)
+            loader = torch.utils.data.DataLoader(ds_fn(t, 0), batch_size=bs, num_workers=0)
+            batches = [x for x, _, _ in loader]  # the same pixels the pipeline computes, decoded once beforehand
+            for w in workers:
+                fwd, pipe = [], []
+                for r in range(a.repeats):
+                    fwd.append(_time_forward(model, batches))
+                    run = Path(d)/f'run-{t}-{w}-{r}'; t0 = time.perf_counter()
+                    out = evaluate({name: model}, ds_fn, run, [(t, 0)], bs, w, 'cpu', progress=False)
+                    pipe.append(time.perf_counter() - t0); shutil.rmtree(run)
+                    if len(out) != n: raise RuntimeError(f'the pipeline returned {len(out)} rows for {n} images')
+                row = dict(transform=t, workers=w, forward_rate=n / min(fwd), pipeline_rate=n / min(pipe))
+                row['ratio'] = row['pipeline_rate'] / row['forward_rate']; res['rows'].append(row)
+                print(f"{t:<20}{w:>8}{row['forward_rate']:>15.2f}{row['pipeline_rate']:>16.2f}{row['ratio']:>7.0%}")
+    best = {t: max((r for r in res['rows'] if r['transform'] == t), key=lambda r: r['ratio']) for t in names}
+    print(f'\ntarget: pipeline >= {a.target:.0%} of the pure forward rate (best worker count per transform)')
+    for t, r in best.items():
+        print(f"  {t:<20} {r['ratio']:.0%} with {r['workers']} worker(s): {'meets it' if r['ratio'] >= a.target else 'MISSES it'}")
+    res['best'] = best
+    if a.out: save_json(res, a.out)
     return 0
 
 # %% ../nbs/06_evaluate.ipynb #c1baed8a
