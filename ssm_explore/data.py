@@ -320,11 +320,11 @@ EMBEDDED_VERSION = 4
 # nuisance ranges (fractions of the image side; colours as HSV in [0, 1])
 EMBEDDED_PARAMS = dict(
     hue=dict(warm=(-0.07, 0.15), cool=(0.47, 0.68)),  # red..yellow vs cyan..blue (fraction of the colour circle)
-    saturation=(0.5, 1.0), value=(0.55, 1.0),         # clearly coloured objects
-    radius=(0.2, 0.3),                                # object size (all shapes have about the area of this disc)
-    stripe_period=(0.1, 0.18), stripe_dark=(0.2, 0.45), # stripe width and the dark stripes' value factor
-    background_saturation=(0, 0.3), distractors=(0, 2), distractor_radius=(0.03, 0.07), occlusion=0.2,
-    noise=(0, 0.02))
+    saturation=(0.6, 1.0), value=(0.6, 1.0),          # clearly coloured objects
+    radius=(0.22, 0.32),                              # object size (all shapes have about the area of this disc)
+    stripe_period=(0.12, 0.2), stripe_dark=(0.2, 0.4), # stripe width and the dark stripes' value factor
+    background_saturation=(0, 0.3), distractors=(0, 0), distractor_radius=(0.03, 0.07), occlusion=0.0,
+    noise=(0, 0.01))                                  # distractor rings and occlusion: off since version 4
 
 def _hsv(h, s, v)->np.ndarray:
     "RGB float32 (3,) of one HSV colour (each in [0,1]; hue wraps)."

@@ -555,7 +555,7 @@ def run_explain_study(out_dir, # report folder for this part (figures, tables, e
                       case:dict|None=None, # override: dict(true, pred, transform, severity)
                       methods:tuple|None=None,
                       fv_steps:int|None=None, # learned-feature steps (default 64 quick, 256 full)
-                      road_per_class:int|None=None, # clean ROAD images per class (default 1 quick, 3 full)
+                      road_per_class:int|None=None, # clean ROAD images per class (default 1; quick: one image in all)
                       progress:bool=True)->dict:
     "Explanations part of the demo report: confusion analysis, figures 3-4, method grid, routes, ROAD. -> dict(markdown, files, ...)"
     from ssm_explore.data import EMBEDDED_CLASSES
@@ -583,7 +583,7 @@ def run_explain_study(out_dir, # report folder for this part (figures, tables, e
     case_imgs, _ = embedded_images(robustness, case['image_ids'][:4], case['transform'], case['severity'])
     # ROAD images: class-balanced clean test images plus the case images under the transform
     man = pd.read_csv(Path(robustness['run_dir'])/'manifest.csv', dtype={'image_id': str})
-    n = road_per_class if road_per_class is not None else 1 if quick else 3
+    n = road_per_class if road_per_class is not None else 0 if quick else 1
     ids = man.groupby('label', group_keys=False).head(n).image_id.tolist() if n > 0 else []
     if not ids: ids = man.image_id.head(1).tolist()
     ev_x, ev_y = embedded_images(robustness, ids, 'clean', 0)
