@@ -305,7 +305,8 @@ def colab_cells(root:Path, nb_path:Path)->tuple:
 
 def _has_colab(nb)->bool:
     return any(_COLAB_MARK in c.source for c in nb.cells[:4] if c.cell_type == 'markdown') and \
-           any('!pip install' in c.source and 'eval: false' in c.source for c in nb.cells[:5] if c.cell_type == 'code')
+           any(re.search(r'^\s*!pip install', c.source, re.MULTILINE) and 'eval: false' in c.source
+               for c in nb.cells[:5] if c.cell_type == 'code')   # a commented-out magic (e.g. after a jupytext round trip) does not count
 
 def add_colab_cells(root=None)->list:
     "Insert the Colab link and install cell after the title of every notebook that lacks them; returns changed files."
