@@ -168,8 +168,10 @@ def build_docs(root=None, out:str='_docs', n_workers:int=0)->Path:
             if c.cell_type == 'code' and re.search(r'^\s*#\s*\|\s*echo:\s*false', c.source, re.MULTILINE):
                 c.metadata.setdefault('transient', {})['remove_source'] = True
         if fm:   # nbdev moved the title and summary into Quarto frontmatter: show them as Quarto would
-            t = re.search(r'^title:\s*(.+)$', fm[0].source, re.MULTILINE); d = re.search(r'^description:\s*(.+)$', fm[0].source, re.MULTILINE)
-            head = (f'# {t.group(1).strip(chr(34)+chr(39))}' if t else '') + (f'\n\n> {d.group(1).strip(chr(34)+chr(39))}' if d else '')
+            import yaml   # YAML, not line regexes: nbdev folds long descriptions over several lines
+            meta = yaml.safe_load(fm[0].source.strip().strip('-')) or {}
+            t, d = meta.get('title'), meta.get('description')
+            head = (f'# {t}' if t else '') + (f'\n\n> {d}' if d else '')
             if head: nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
         body, _ = exporter.from_notebook_node(nb, resources={'metadata': {'name': titles[p.stem]}})
         body = body.replace('<body', f'<body data-ssm-page="{p.stem}"', 1)
