@@ -79,28 +79,33 @@ def _dist():
     return 0, 1
 
 @torch.inference_mode()
-def predict(model:nn.Module, # a `Normalized` model (takes uint8 batches)
+def predict(model:nn.Module|dict, # a `Normalized` model (takes uint8 batches), or name -> model
             loader, # yields (images uint8 (B,3,H,W), labels (B,), image_ids)
-            device='cpu', amp_dtype=None, progress=None)->pd.DataFrame:
-    "Per-image predictions of `model` over `loader`: pred, top-5, true-class and predicted probability."
-    rows = []
+            device='cpu', amp_dtype=None, progress=None)->pd.DataFrame|dict:
+    """Per-image predictions of `model` over `loader`: pred, top-5, true-class and predicted probability.
+    For a dict of models the data is decoded and transformed once and every batch goes through all of them
+    (returns name -> DataFrame)."""
+    models = model if isinstance(model, dict) else {None: model}
+    rows = {k: [] for k in models}
     use_amp = amp_dtype is not None and torch.device(device).type == 'cuda'
     for x, y, ids in loader:
-        x = x.to(device, non_blocking=True)
-        with torch.autocast('cuda', dtype=amp_dtype) if use_amp else contextlib.nullcontext():
-            logits = model(x)
-        p = logits.float().softmax(-1).cpu()
-        top5 = p.topk(min(5, p.shape[1]), -1).indices
-        y = torch.as_tensor(y)
-        p_true = p.gather(1, y.view(-1, 1)).squeeze(1)
-        for i in range(len(y)):
-            rows.append((str(ids[i]), int(y[i]), int(top5[i, 0]), ' '.join(map(str, top5[i].tolist())),
-                         float(p_true[i]), float(p[i, top5[i, 0]])))
+        x = x.to(device, non_blocking=True); y = torch.as_tensor(y)
+        for k, m in models.items():
+            with torch.autocast('cuda', dtype=amp_dtype) if use_amp else contextlib.nullcontext():
+                logits = m(x)
+            p = logits.float().softmax(-1).cpu()
+            top5 = p.topk(min(5, p.shape[1]), -1).indices
+            p_true = p.gather(1, y.view(-1, 1)).squeeze(1)
+            rows[k].extend((str(ids[i]), int(y[i]), int(top5[i, 0]), ' '.join(map(str, top5[i].tolist())),
+                            float(p_true[i]), float(p[i, top5[i, 0]])) for i in range(len(y)))
         if progress is not None: progress.update(len(y))
-    df = pd.DataFrame(rows, columns=['image_id', 'label', 'pred', 'top5', 'p_true', 'p_pred'])
-    df['correct'] = (df.pred == df.label).astype(int)
-    df['correct5'] = [int(str(l) in t.split()) for l, t in zip(df.label, df.top5)]
-    return df
+    def frame(r):
+        df = pd.DataFrame(r, columns=['image_id', 'label', 'pred', 'top5', 'p_true', 'p_pred'])
+        df['correct'] = (df.pred == df.label).astype(int)
+        df['correct5'] = [int(str(l) in t.split()) for l, t in zip(df.label, df.top5)]
+        return df
+    out = {k: frame(r) for k, r in rows.items()}
+    return out if isinstance(model, dict) else out[None]
 
 # %% ../nbs/06_evaluate.ipynb #76ab4eb5
 def evaluate(models:dict, # name -> nn.Module taking normalised float images (wrapped in `Normalized` here)
@@ -127,11 +132,13 @@ def evaluate(models:dict, # name -> nn.Module taking normalised float images (wr
         if world > 1: ds = torch.utils.data.Subset(ds, list(range(rank, len(ds), world)))
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False,
                                              persistent_workers=False, pin_memory=device.type == 'cuda')
+        t0 = time.perf_counter()   # one pass over the data for all missing models: decode and transform once
+        with tqdm(total=len(ds), desc=f'{", ".join(missing)} | {t} s{s}', unit='img', leave=False,
+                  disable=not progress or rank != 0) as pb:
+            dfs = predict({k: wrapped[k] for k in missing}, loader, device, amp_dtype, pb)
+        rate = len(ds) / (time.perf_counter() - t0)
         for k in missing:
-            t0 = time.perf_counter()
-            with tqdm(total=len(ds), desc=f'{k} | {t} s{s}', unit='img', leave=False,
-                      disable=not progress or rank != 0) as pb:
-                df = predict(wrapped[k], loader, device, amp_dtype, pb)
+            df = dfs[k]
             if world > 1:
                 parts = [None] * world if rank == 0 else None
                 torch.distributed.gather_object(df, parts, dst=0)
@@ -140,7 +147,7 @@ def evaluate(models:dict, # name -> nn.Module taking normalised float images (wr
                 df = df.sort_values('image_id', kind='stable').reset_index(drop=True)
                 df.insert(0, 'severity', s); df.insert(0, 'transform', t); df.insert(0, 'model', k)
                 with atomic_write(chunk_path(run_dir, k, t, s)) as f: df[RESULT_COLUMNS].to_csv(f, index=False)
-                bar.set_postfix_str(f'{k} {t} s{s}: {len(df)/(time.perf_counter()-t0):.0f} img/s')
+                bar.set_postfix_str(f'{t} s{s}: {rate:.0f} img/s through {len(missing)} model(s)')
             if world > 1: torch.distributed.barrier()
             bar.update(1); done += 1
             if stop_after is not None and done >= stop_after: bar.close(); return load_results(run_dir, plan, list(wrapped))
