@@ -15,7 +15,7 @@ __all__ = ['MANIFEST_COLUMNS', 'EMBEDDED_SHAPES', 'EMBEDDED_TEXTURES', 'EMBEDDED
            'EMBEDDED_PARAMS', 'SAMPLE_PHOTOS', 'ImageDecodeError', 'load_image', 'common_geometry', 'native_geometry',
            'write_manifest', 'read_manifest', 'usable', 'imagenet_classes', 'detect_imagenet_layout',
            'imagenet_val_manifest', 'sample_per_class', 'verify_images', 'imagenet_subset', 'TransformedImageDataset',
-           'materialize', 'render_embedded', 'embedded_dataset', 'sample_photos']
+           'materialize', 'render_embedded', 'embedded_fingerprint', 'embedded_dataset', 'sample_photos']
 
 # %% ../nbs/05_data.ipynb #e6bf70ee
 class ImageDecodeError(OSError):
@@ -391,6 +391,10 @@ def _write_class(args)->list:
         rows.append((iid, rel, label, name, sha256_file(f), split))
     return rows
 
+def embedded_fingerprint()->str:
+    "Identity of the embedded generator: its version and a hash of `EMBEDDED_PARAMS` (editing a range gives a new one)."
+    return f'v{EMBEDDED_VERSION}-' + f'{stable_seed(repr(sorted(EMBEDDED_PARAMS.items()))):016x}'[:8]
+
 def embedded_dataset(root=None, # folder to write to (default: `cache_dir('embedded', <key>)`)
                      n_per_class:int=200, # images per class, all splits together
                      image_size:int=64, # 32..224
@@ -402,8 +406,7 @@ def embedded_dataset(root=None, # folder to write to (default: `cache_dir('embed
     if not 32 <= image_size <= 224: raise ValueError(f'image_size must be in 32..224, got {image_size}')
     if n_per_class < 3: raise ValueError(f'n_per_class must be at least 3, got {n_per_class}')
     if len(splits) != 3 or abs(sum(splits) - 1) > 1e-6: raise ValueError(f'splits must be 3 fractions summing to 1, got {splits}')
-    phash = f'{stable_seed(repr(sorted(EMBEDDED_PARAMS.items()))):016x}'[:8]  # editing EMBEDDED_PARAMS gives a new cache entry
-    key = f'v{EMBEDDED_VERSION}-{phash}-{image_size}px-{n_per_class}pc-seed{seed}-' + '-'.join(f'{f:g}' for f in splits)
+    key = f'{embedded_fingerprint()}-{image_size}px-{n_per_class}pc-seed{seed}-' + '-'.join(f'{f:g}' for f in splits)
     root = Path(root) if root is not None else cache_dir('embedded', key)
     mpath = root/'manifest.csv'
     if mpath.is_file() and (root/'info.json').is_file() and load_json(root/'info.json').get('key') == key:

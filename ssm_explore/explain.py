@@ -321,9 +321,10 @@ def top_confusion(results:pd.DataFrame, model:str, transforms:list|None=None, se
         if not fallback or w.empty:
             raise ValueError(f'{model!r} makes no new confusion under {ts}' + ('' if w.empty else ' (fallback=False)'))
         d = (w.sort_values('p_pred', ascending=False).groupby(['transform', 'label', 'pred'])
-              .agg(count=('image_id', 'size'), image_ids=('image_id', lambda s: ' '.join(s))).reset_index()
-              .rename(columns={'label': 'true'}))
-        d['share'] = d['count'] / d['true'].map(r[r['transform'] == ts[0]].groupby('label').size()).fillna(1)
+              .agg(count=('image_id', 'size'), image_ids=('image_id', lambda s: ' '.join(s))).reset_index())
+        n = r.groupby(['transform', 'label']).size().rename('n').reset_index()   # images of the class under that transform
+        d = d.merge(n, on=['transform', 'label']).rename(columns={'label': 'true'})
+        d['share'] = d['count'] / d.pop('n')
         d.insert(0, 'model', model); d.insert(2, 'severity', severity); kind = 'error'
     d = d.sort_values(['count', 'share', 'transform', 'true', 'pred'], ascending=[False, False, True, True, True])
     row = d.iloc[0].to_dict(); row['image_ids'] = row['image_ids'].split(); row['kind'] = kind; return row

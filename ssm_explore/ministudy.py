@@ -108,10 +108,10 @@ class MiniStudyConfig:
 
     def train_key(self)->str:
         "Cache key of the trained models: every setting that changes them, the embedded dataset's version and ranges included."
-        from ssm_explore import data as D
+        from ssm_explore.data import embedded_fingerprint
         d = dict(image_size=self.image_size, n_per_class=self.n_per_class, epochs=self.epochs, batch_size=self.batch_size,
                  lr=self.lr, seed=self.seed, models={k: MINI_MODELS[k] for k in self.models}, v=1,
-                 data=dict(version=D.EMBEDDED_VERSION, params=repr(sorted(D.EMBEDDED_PARAMS.items()))))
+                 data=embedded_fingerprint())
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 # %% ../nbs/06a_ministudy.ipynb #cb0c329c
