@@ -36,27 +36,19 @@ setup_env() {
 
 cmd_demo() {
   setup_env
-  if python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('ssm_explore.demo') is None)"; then
-    ssm-explore demo "$@"
-  else
-    say "ssm-explore demo does not exist yet; running the pieces that do"
-    ssm-explore info
-    for b in $(python -c "from ssm_explore.cli import BENCHES, available; print(' '.join(available(BENCHES)))"); do
-      ssm-explore bench "$b" --quick
-    done
-  fi
+  ssm-explore demo "$@"
 }
 
 cmd_test() {
   setup_env
   local t0=$SECONDS log; log=$(mktemp)
   say "1/7 notebooks are clean (nbdev_clean changes nothing)"
-  python -m ssm_explore.devtools clean || fail "notebooks are not clean (see above)"
+  python -m ssm_explore.commands.dev clean || fail "notebooks are not clean (see above)"
   say "2/7 the library is what nbdev_export makes"
-  python -m ssm_explore.devtools export || fail "the library differs from the notebooks (see above)"
+  python -m ssm_explore.commands.dev export || fail "the library differs from the notebooks (see above)"
   say "3/7 README.md is what nbs/index.ipynb makes; every notebook has its Colab link and install cell"
-  python -m ssm_explore.devtools readme-check || fail "README.md is stale (see above)"
-  python -m ssm_explore.devtools colab-check || fail "a notebook lacks its Colab cells (see above)"
+  python -m ssm_explore.commands.dev readme-check || fail "README.md is stale (see above)"
+  python -m ssm_explore.commands.dev colab-check || fail "a notebook lacks its Colab cells (see above)"
   say "4/7 nbdev_test on every notebook (flags slow, cuda skipped)"
   OMP_NUM_THREADS=1 nbdev_test --n_workers 2 --timing 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -eq 0 ] || fail "nbdev_test: a notebook failed (named above)"
   say "5/7 pytest tests/"
@@ -67,13 +59,13 @@ cmd_test() {
   if command -v quarto >/dev/null 2>&1; then
     nbdev_docs || fail "nbdev_docs (Quarto)"
   fi
-  python -m ssm_explore.devtools docs || fail "the docs build or its checks (see above)"
+  python -m ssm_explore.commands.dev docs || fail "the docs build or its checks (see above)"
   if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     say "installing Debian's chromium for the browser test"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || fail "apt-get install chromium"
   fi
   if command -v chromium >/dev/null 2>&1; then
-    python -m ssm_explore.devtools browser || fail "the browser test (screenshots in _docs/_screenshots)"
+    python -m ssm_explore.commands.dev browser || fail "the browser test (screenshots in _docs/_screenshots)"
   elif [ -n "${CI:-}" ]; then fail "CI needs chromium for the browser test"
   else say "skipping the browser test: chromium is not installed (apt-get install chromium)"; fi
   say "7/7 all checks passed in $((SECONDS - t0)) s"

@@ -4,50 +4,53 @@
 
 # %% ../nbs/99_cli.ipynb #c9133df8
 from __future__ import annotations
-import argparse, importlib, importlib.util, sys
+import argparse, importlib, json, os, sys
+from .commands.base import make_parser, run_command, debug_mode
 
 # %% auto #0
-__all__ = ['COMMANDS', 'BENCHES', 'available', 'bench_cli', 'main']
+__all__ = ['COMMANDS', 'BENCHES', 'info_cli', 'bench_cli', 'main']
 
 # %% ../nbs/99_cli.ipynb #a2afbb2f
 COMMANDS = {  # name: (target, one-line help)
-    'info':       ('ssm_explore.core:info_cli', 'versions, device and optional CUDA backends'),
-    'demo':       ('ssm_explore.demo:demo_cli', 'the main job: the embedded mini-study, written to a report folder'),
-    'robustness': ('ssm_explore.evaluate:robustness_cli', 'robustness study: models x transforms x severities'),
-    'explain':    ('ssm_explore.explain:explain_cli', 'confusion analysis, learned features and Grad-CAM figures'),
-    'finetune':   ('ssm_explore.finetune:finetune_cli', 'U-Mamba: from scratch vs fine-tuning vs gradient freezing'),
+    'info':       ('ssm_explore.cli:info_cli', 'versions, device and optional CUDA backends'),
+    'demo':       ('ssm_explore.commands.demo:demo_cli', 'the main job: the embedded mini-study, written to a report folder'),
+    'robustness': ('ssm_explore.commands.robustness:robustness_cli', 'robustness study: models x transforms x severities'),
+    'explain':    ('ssm_explore.commands.explain:explain_cli', 'confusion analysis, learned features and Grad-CAM figures'),
+    'finetune':   ('ssm_explore.commands.finetune:finetune_cli', 'U-Mamba: from scratch vs fine-tuning vs gradient freezing'),
     'bench':      ('ssm_explore.cli:bench_cli', 'benchmarks that print side-by-side ratios measured in one run'),
 }
 BENCHES = {  # name: (target, one-line help)
-    'scan':       ('ssm_explore.scan:bench_cli', 'selective scan: fast torch path vs reference vs mambapy'),
-    'vmamba':     ('ssm_explore.vmamba:bench_cli', 'CPU inference of VMamba-B vs Swin-B vs ConvNeXt-B'),
-    'transforms': ('ssm_explore.transforms:bench_cli', 'decode + geometry + transform throughput'),
-    'evaluate':   ('ssm_explore.evaluate:bench_cli', 'evaluation pipeline vs pure forward'),
-    'umamba':     ('ssm_explore.umamba:bench_cli', 'UMambaBot training step: fast scan vs reference scan'),
+    'scan':       ('ssm_explore.commands.bench:bench_scan', 'selective scan: fast torch path vs reference vs mambapy'),
+    'vmamba':     ('ssm_explore.commands.bench:bench_vmamba_cli', 'CPU inference of VMamba-B vs Swin-B vs ConvNeXt-B'),
+    'transforms': ('ssm_explore.commands.bench:bench_transforms', 'decode + geometry + transform throughput'),
+    'evaluate':   ('ssm_explore.commands.bench:bench_evaluate', 'evaluation pipeline vs pure forward'),
+    'umamba':     ('ssm_explore.commands.bench:bench_umamba_cli', 'UMambaBot training step: fast scan vs reference scan'),
 }
 
 def _resolve(target:str):
-    "The function named by 'module:function', or None when this install lacks it."
+    "The function named by 'module:function' (imported only when its command runs)."
     mod, fn = target.split(':')
-    if importlib.util.find_spec(mod) is None: return None
-    return getattr(importlib.import_module(mod), fn, None)
-
-def available(table:dict)->dict:
-    "Entries of `table` whose module exists in this install (cheap: no import)."
-    return {k: v for k, v in table.items() if importlib.util.find_spec(v[0].split(':')[0]) is not None}
+    return getattr(importlib.import_module(mod), fn)
 
 def _dispatch(table:dict, what:str, argv:list, prog:str)->int:
-    avail = available(table)
     p = argparse.ArgumentParser(prog=prog, description=f'Run one {what}.',
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f'{what}s:\n' + '\n'.join(f'  {k:<12}{h}' for k, (_, h) in avail.items()))
-    p.add_argument(what, choices=list(avail), metavar=what.upper(), help=f'one of: {", ".join(avail)}')
+                                epilog=f'{what}s:\n' + '\n'.join(f'  {k:<12}{h}' for k, (_, h) in table.items()) +
+                                       '\n\n--debug (anywhere) or SSM_EXPLORE_DEBUG=1 shows the traceback of an error')
+    p.add_argument(what, choices=list(table), metavar=what.upper(), help=f'one of: {", ".join(table)}')
     p.add_argument('args', nargs=argparse.REMAINDER, help=f'arguments of the {what} (see `{prog} {what.upper()} --help`)')
-    if not argv: p.print_help(); return 0
-    if argv[0] in ('-h', '--help'): p.print_help(); return 0
-    a = p.parse_args(argv[:1]); fn = _resolve(avail[a.__dict__[what]][0])
-    if fn is None: p.error(f'{a.__dict__[what]} is not available in this install')
-    return fn(argv[1:]) or 0
+    if not argv or argv[0] in ('-h', '--help'): p.print_help(); return 0
+    name = p.parse_args(argv[:1]).__dict__[what]
+    return run_command(f'{prog.removeprefix("ssm-explore").strip()} {name}'.strip(), _resolve(table[name][0]), argv[1:])
+
+def info_cli(argv:list)->int:
+    "`ssm-explore info [--json]`: print versions, device and optional backends."
+    from ssm_explore.core import env_info, format_env_info
+    p = make_parser('ssm-explore info', 'Versions, device and optional CUDA backends.')
+    p.add_argument('--json', action='store_true', help='print JSON instead of text')
+    a = p.parse_args(argv)
+    print(json.dumps(env_info(), indent=1) if a.json else format_env_info())
+    return 0
 
 def bench_cli(argv:list)->int:
     "`ssm-explore bench NAME [...]`"
@@ -58,4 +61,6 @@ def main(argv:list|None=None)->int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ['--version']:
         from ssm_explore import __version__; print(__version__); return 0
-    return _dispatch(COMMANDS, 'command', argv, 'ssm-explore')
+    debug, rest = debug_mode(argv)
+    if debug: os.environ['SSM_EXPLORE_DEBUG'] = '1'   # seen by the boundary of the command (and of `bench NAME`)
+    return _dispatch(COMMANDS, 'command', rest, 'ssm-explore')

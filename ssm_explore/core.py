@@ -8,9 +8,13 @@ import contextlib, hashlib, importlib, importlib.util, json, os, platform, rando
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['backend_status', 'has_backend', 'require_backend', 'env_info', 'default_device', 'format_env_info', 'info_cli',
+__all__ = ['UserError', 'backend_status', 'has_backend', 'require_backend', 'env_info', 'default_device', 'format_env_info',
            'seed_everything', 'stable_seed', 'cache_dir', 'sha256_file', 'atomic_write', 'save_json', 'load_json',
-           'torch_save_atomic']
+           'torch_save_atomic', 'markdown_table']
+
+# %% ../nbs/00_core.ipynb #320544cd
+class UserError(ValueError):
+    "An error the user can fix (bad file, key, flag or mismatch); its message is one line: `<what> — <how to fix>`."
 
 # %% ../nbs/00_core.ipynb #f395c912
 _BACKEND_MODULES = {
@@ -83,16 +87,6 @@ def format_env_info(info:dict|None=None)->str:
     for k, v in info['backends'].items(): lines.append(f"  {k:<24}{'available' if v['available'] else 'unavailable'} ({v['detail']})")
     return '\n'.join(lines)
 
-# %% ../nbs/00_core.ipynb #566492c4
-def info_cli(argv:list)->int:
-    "`ssm-explore info [--json]`: print versions, device and optional backends."
-    import argparse
-    p = argparse.ArgumentParser(prog='ssm-explore info', description='Versions, device and optional CUDA backends.')
-    p.add_argument('--json', action='store_true', help='print JSON instead of text')
-    a = p.parse_args(argv)
-    print(json.dumps(env_info(), indent=1) if a.json else format_env_info())
-    return 0
-
 # %% ../nbs/00_core.ipynb #6db1a132
 def seed_everything(seed:int=0):
     "Seed Python, NumPy and torch (all devices)."
@@ -118,12 +112,16 @@ def sha256_file(path, chunk:int=1<<20)->str:
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #e044578a
+def _umask()->int:
+    m = os.umask(0); os.umask(m); return m
+
 @contextlib.contextmanager
 def atomic_write(path, mode:str='w', **kw):
     "Open a temporary file next to `path`; on success fsync it and rename it over `path`, else delete it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a written file gets the usual mode (0644)
         with os.fdopen(fd, mode, **kw) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
@@ -139,9 +137,20 @@ def save_json(obj, path, **kw):
 def load_json(path):
     "Read JSON from `path`, naming the file in the error when it is not valid JSON."
     try: return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except json.JSONDecodeError as e: raise UserError(f"{path}: not valid JSON ({e}) — the file is damaged; delete it to start that part afresh") from None
 
 def torch_save_atomic(obj, path):
     "`torch.save` to `path` atomically."
     import torch
     with atomic_write(path, 'wb') as f: torch.save(obj, f)
+
+# %% ../nbs/00_core.ipynb #608b0e97
+def markdown_table(df, # a pandas DataFrame
+                   floatfmt:str='.1f', index:bool=False)->str:
+    "`df` as a Markdown table; floats formatted with `floatfmt`, missing values empty."
+    import math
+    if index: df = df.reset_index()
+    fmt = lambda v: '' if v is None or (isinstance(v, float) and math.isnan(v)) else (f'{v:{floatfmt}}' if isinstance(v, float) else str(v))
+    lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
+    lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
+    return '\n'.join(lines)

@@ -7,15 +7,16 @@ from __future__ import annotations
 import math, os, re, shutil, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
-from .core import atomic_write, cache_dir, sha256_file, stable_seed, save_json, load_json
+from .core import atomic_write, cache_dir, sha256_file, stable_seed, save_json, load_json, UserError
 from .transforms import apply_transform, TRANSFORM_NAMES
 
 # %% auto #0
 __all__ = ['MANIFEST_COLUMNS', 'EMBEDDED_SHAPES', 'EMBEDDED_TEXTURES', 'EMBEDDED_COLOURS', 'EMBEDDED_CLASSES', 'EMBEDDED_VERSION',
            'EMBEDDED_PARAMS', 'SAMPLE_PHOTOS', 'ImageDecodeError', 'load_image', 'common_geometry', 'native_geometry',
            'write_manifest', 'read_manifest', 'usable', 'imagenet_classes', 'detect_imagenet_layout',
-           'imagenet_val_manifest', 'sample_per_class', 'verify_images', 'imagenet_subset', 'TransformedImageDataset',
-           'materialize', 'render_embedded', 'embedded_fingerprint', 'embedded_dataset', 'sample_photos']
+           'imagenet_val_manifest', 'sample_per_class', 'sampling_order', 'verify_images', 'imagenet_subset',
+           'TransformedImageDataset', 'materialize', 'render_embedded', 'embedded_fingerprint', 'embedded_dataset',
+           'sample_photos']
 
 # %% ../nbs/05_data.ipynb #e6bf70ee
 class ImageDecodeError(OSError):
@@ -107,36 +108,38 @@ def imagenet_classes()->pd.DataFrame:
     return pd.DataFrame(dict(label=range(len(wnids)), wnid=wnids, class_name=[info.index_to_description(i) for i in range(len(wnids))]))
 
 _WNID = re.compile(r'^n\d{8}$')
+_DEVKIT_NAME = re.compile(r'^ILSVRC2012_val_(\d{8})\.[A-Za-z]+$')
 _IMG_EXT = {'.jpeg', '.jpg', '.png'}
 
 def _images_in(d:Path)->list:
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in _IMG_EXT)
+    "Image files of `d` (hidden files such as macOS `._*` AppleDouble and `.DS_Store` are not images)."
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in _IMG_EXT and not p.name.startswith('.'))
 
 def _first(cands):
     return next((Path(c) for c in cands if c is not None and Path(c).exists()), None)
 
 def _flat_dir(root:Path)->Path:
     d = _first([root/'ILSVRC'/'Data'/'CLS-LOC'/'val', root/'val', root])
-    if d is None or not _images_in(d): raise FileNotFoundError(f'no validation images (*.JPEG) found under {root}')
+    if d is None or not _images_in(d): raise UserError(f'{root}: no validation images (*.JPEG) found — point --imagenet at the folder that holds them')
     return d
 
 def _devkit_map(meta)->dict:
     "ILSVRC2012_ID -> wnid from the devkit's data/meta.mat."
     from scipy.io import loadmat
     try: syn = loadmat(str(meta), squeeze_me=True)['synsets']
-    except Exception as e: raise ValueError(f'{meta}: cannot read the devkit synsets ({type(e).__name__}: {e})') from None
+    except Exception as e: raise UserError(f'{meta}: cannot read the devkit synsets ({type(e).__name__}: {e}) — use the meta.mat of ILSVRC2012_devkit_t12') from None
     return {int(s['ILSVRC2012_ID']): str(s['WNID']) for s in syn if int(s['num_children']) == 0}
 
 def detect_imagenet_layout(root)->str:
     "'folders', 'kaggle' or 'devkit' for the ImageNet validation copy at `root`."
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'ImageNet root not found: {root}')
+    if not root.is_dir(): raise UserError(f'{root}: ImageNet folder not found — check the --imagenet path')
     for d in (root/'val', root):
         if d.is_dir() and any(p.is_dir() and _WNID.match(p.name) for p in d.iterdir()): return 'folders'
     if _first([root/'LOC_val_solution.csv', root.parent/'LOC_val_solution.csv']): return 'kaggle'
     if _first(_gt_candidates(root)): return 'devkit'
-    raise FileNotFoundError(f'{root}: not a known ImageNet validation layout (val/<wnid>/*.JPEG; flat + LOC_val_solution.csv; '
-                            'flat + ILSVRC2012_validation_ground_truth.txt with meta.mat)')
+    raise UserError(f'{root}: not a known ImageNet validation layout — use val/<wnid>/*.JPEG, or a flat folder with '
+                    'LOC_val_solution.csv, or a flat folder with the devkit (ILSVRC2012_validation_ground_truth.txt and meta.mat)')
 
 def _gt_candidates(root):
     n = 'ILSVRC2012_validation_ground_truth.txt'
@@ -157,30 +160,32 @@ def imagenet_val_manifest(root, # the ImageNet copy (see the table above)
         files = [(p, p.parent.name) for d in sorted(base.iterdir()) if d.is_dir() and _WNID.match(d.name) for p in _images_in(d)]
     elif layout == 'kaggle':
         csv = Path(labels_file) if labels_file else _first([root/'LOC_val_solution.csv', root.parent/'LOC_val_solution.csv'])
-        if csv is None or not csv.is_file(): raise FileNotFoundError(f'LOC_val_solution.csv not found for {root}')
+        if csv is None or not csv.is_file(): raise UserError(f'{root}: LOC_val_solution.csv not found — put it in the ImageNet folder or its parent')
         sol = pd.read_csv(csv)
-        if not {'ImageId', 'PredictionString'} <= set(sol.columns): raise ValueError(f'{csv}: expected columns ImageId, PredictionString')
+        if not {'ImageId', 'PredictionString'} <= set(sol.columns): raise UserError(f'{csv}: expected columns ImageId, PredictionString — is this the Kaggle LOC_val_solution.csv?')
         wn = {r.ImageId: str(r.PredictionString).split()[0] for r in sol.itertuples()}
         d = _flat_dir(root); files = []
         for p in _images_in(d):
-            if p.stem not in wn: raise KeyError(f'{p}: no entry in {csv}')
+            if p.stem not in wn: raise UserError(f'{p}: no entry in {csv} — remove the file or use the matching solution file')
             files.append((p, wn[p.stem]))
     elif layout == 'devkit':
         gt = Path(labels_file) if labels_file else _first(_gt_candidates(root))
-        if gt is None or not gt.is_file(): raise FileNotFoundError(f'ILSVRC2012_validation_ground_truth.txt not found for {root}')
+        if gt is None or not gt.is_file(): raise UserError(f'{root}: ILSVRC2012_validation_ground_truth.txt not found — put the devkit (ILSVRC2012_devkit_t12/) next to the images')
         meta = Path(meta_file) if meta_file else gt.parent/'meta.mat'
-        if not meta.is_file(): raise FileNotFoundError(f'devkit meta.mat not found (looked at {meta}); pass meta_file=')
+        if not meta.is_file(): raise UserError(f'{meta}: devkit meta.mat not found — it belongs in the same data/ folder as {gt.name}')
         id2wnid = _devkit_map(meta)
         ids = [int(l) for l in gt.read_text().split()]
-        d = _flat_dir(root); files = []
+        d = _flat_dir(root); files, odd = [], []
         for p in _images_in(d):
-            m = re.search(r'(\d+)$', p.stem)
-            if not m or not 1 <= int(m.group(1)) <= len(ids): raise KeyError(f'{p}: no line for it in {gt} ({len(ids)} lines)')
+            m = _DEVKIT_NAME.match(p.name)
+            if not m or not 1 <= int(m.group(1)) <= len(ids): odd.append(p.name); continue
             files.append((p, id2wnid[ids[int(m.group(1)) - 1]]))
-    else: raise ValueError(f"unknown layout {layout!r}; use 'auto', 'folders', 'kaggle' or 'devkit'")
-    if not files: raise FileNotFoundError(f'no images found under {root} (layout {layout})')
+        if odd: raise UserError(f"{d}: {len(odd)} file(s) not named ILSVRC2012_val_NNNNNNNN (1..{len(ids)}), so the devkit's "
+                                f"ground truth cannot label them: {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''} — move them out of the folder")
+    else: raise UserError(f"unknown layout {layout!r} — use 'auto', 'folders', 'kaggle' or 'devkit'")
+    if not files: raise UserError(f'{root}: no images found (layout {layout}) — check the --imagenet path')
     bad = sorted({w for _, w in files if w not in idx})
-    if bad: raise KeyError(f'{root}: wnids not in ImageNet-1k: {bad[:5]}')
+    if bad: raise UserError(f'{root}: folders/wnids not in ImageNet-1k: {bad[:5]} — is this the ImageNet-1k validation set?')
     m = pd.DataFrame(dict(image_id=[p.stem for p, _ in files], path=[p.relative_to(root).as_posix() for p, _ in files],
                           label=[idx[w] for _, w in files], wnid=[w for _, w in files]))
     m['class_name'] = cls.class_name.values[m.label.values]
@@ -220,14 +225,20 @@ def sample_per_class(manifest:pd.DataFrame, # at least image_id and label
                      allow_fewer:bool=False # keep classes with fewer images instead of raising
                     )->pd.DataFrame:
     "A seeded class-balanced sample of `manifest`, sorted by (label, image_id)."
+    if per_class < 1: raise UserError(f'per_class must be at least 1, got {per_class} — e.g. --per-class 15 (the report)')
     parts = []
     for label, g in manifest.groupby('label', sort=True):
-        g = g.sort_values('image_id')
+        perm = sampling_order(g, seed)
         if len(g) < per_class and not allow_fewer:
-            raise ValueError(f'class {label} has {len(g)} images, fewer than per_class={per_class} (allow_fewer=True keeps them all)')
-        perm = np.random.default_rng(stable_seed(seed, 'sample_per_class', int(label))).permutation(len(g))
-        parts.append(g.iloc[np.sort(perm[:per_class])])
+            raise UserError(f'class {label} has {len(g)} images, fewer than per_class={per_class} — use a smaller --per-class')
+        parts.append(g.loc[perm[:per_class]].sort_values('image_id'))
     return pd.concat(parts).reset_index(drop=True)
+
+def sampling_order(g:pd.DataFrame, seed:int)->np.ndarray:
+    "The seeded order in which one class's images (`g`, one label) are drawn: row positions of `g` sorted by image_id."
+    g = g.sort_values('image_id')
+    perm = np.random.default_rng(stable_seed(seed, 'sample_per_class', int(g.label.iloc[0]))).permutation(len(g))
+    return g.index.to_numpy()[perm]
 
 def verify_images(manifest:pd.DataFrame, root=None, # folder the manifest's paths are relative to
                   skip_bad:bool=False # record bad files in an `error` column instead of raising
@@ -253,9 +264,33 @@ def _resolve(root, p)->Path:
 
 def imagenet_subset(root, per_class:int=15, seed:int=0, skip_bad:bool=False, out=None, **kw)->pd.DataFrame:
     "Read an ImageNet validation copy, sample `per_class` per class, verify and hash them; write to `out` if given."
-    m = verify_images(sample_per_class(imagenet_val_manifest(root, **kw), per_class, seed), root, skip_bad=skip_bad)
+    full = imagenet_val_manifest(root, **kw)
+    m = verify_images(sample_per_class(full, per_class, seed), root, skip_bad=skip_bad)
+    if skip_bad: m = _replace_bad(m, full, per_class, seed, root)
     if out is not None: write_manifest(m, out)
     return m
+
+def _replace_bad(m:pd.DataFrame, full:pd.DataFrame, per_class:int, seed:int, root)->pd.DataFrame:
+    "Swap each unreadable sampled image for the next one in its class's seeded order (readable ones only); say so."
+    bad = m[m.error != '']
+    if bad.empty: return m
+    keep, short = [m[m.error == '']], []
+    for label, g in bad.groupby('label'):
+        tried = set(m.image_id[m.label == label])
+        order = [i for i in sampling_order(full[full.label == label], seed) if full.image_id[i] not in tried]
+        need, got = len(g), []
+        for i in order:
+            if len(got) == need: break
+            r = verify_images(full.loc[[i]], root, skip_bad=True)
+            if r.error.iloc[0] == '': got.append(r)
+        keep += got
+        if len(got) < need: short.append(f'class {label}: {len(got)} of {need}')
+    out = pd.concat(keep).sort_values(['label', 'image_id']).reset_index(drop=True)
+    out['error'] = ''
+    names = ', '.join(bad.path.head(5))
+    warnings.warn(f'skipped {len(bad)} unreadable image(s) ({names}{" ..." if len(bad) > 5 else ""}) and drew replacements from the '
+                  f'same classes' + (f'; not enough readable images for {"; ".join(short)}' if short else ''), stacklevel=2)
+    return out
 
 # %% ../nbs/05_data.ipynb #d14b2865
 import torch

@@ -4,13 +4,13 @@
 
 # %% ../nbs/11_demo.ipynb #4cf0b1ab
 from __future__ import annotations
-import argparse, importlib.util, json, os, time, traceback
+import importlib.util, json, os, time, traceback
 from pathlib import Path
 import pandas as pd
 from .core import atomic_write, save_json, env_info, format_env_info
 
 # %% auto #0
-__all__ = ['robustness_section', 'finetune_section', 'write_report', 'run_demo', 'demo_cli']
+__all__ = ['robustness_section', 'finetune_section', 'write_report', 'run_demo']
 
 # %% ../nbs/11_demo.ipynb #c432ab1f
 def _has(mod:str)->bool: return importlib.util.find_spec(mod) is not None
@@ -109,14 +109,3 @@ def run_demo(out_dir='runs/demo', # the report folder
     print(f"report: {results['report']['md']} and {results['report']['html']} ({meta['seconds']/60:.1f} min)")
     return results
 
-def demo_cli(argv:list)->int:
-    "`ssm-explore demo`: the main job on the embedded default."
-    p = argparse.ArgumentParser(prog='ssm-explore demo', description=run_demo.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--out', default='runs/demo', help='report folder')
-    p.add_argument('--quick', action='store_true', help='the short CI-sized version (a pipeline check: its models are near chance)')
-    p.add_argument('--parts', default='robustness,explain,finetune', help='comma-separated parts to run')
-    p.add_argument('--no-progress', action='store_true')
-    a = p.parse_args(argv)
-    run_demo(a.out, a.quick, tuple(a.parts.split(',')), progress=not a.no_progress)
-    return 0

@@ -71,7 +71,7 @@ def readme_text(root=None)->str:
     import nbformat
     root = project_root(root)
     nb = nbformat.read(root/'nbs'/'index.ipynb', as_version=4)
-    parts = ['<!-- Made from nbs/index.ipynb by `python -m ssm_explore.devtools readme`; edit the notebook, not this file. -->']
+    parts = ['<!-- Made from nbs/index.ipynb by `python -m ssm_explore.commands.dev readme`; edit the notebook, not this file. -->']
     for c in nb.cells:
         if c.cell_type == 'markdown':
             src = c.source.strip()
@@ -97,7 +97,7 @@ def check_readme(root=None):
     root = project_root(root)
     if (root/'README.md').read_text() != readme_text(root):
         raise CheckFailed('README.md is out of date with nbs/index.ipynb (it is generated, not hand-edited)'
-                          '\n  fix: edit nbs/index.ipynb, then run `python -m ssm_explore.devtools readme` and commit both')
+                          '\n  fix: edit nbs/index.ipynb, then run `python -m ssm_explore.commands.dev readme` and commit both')
 
 # %% ../nbs/98_devtools.ipynb #86dcb05b
 def _pages(root:Path)->list:
@@ -327,11 +327,9 @@ def check_colab(root=None):
     root = project_root(root)
     bad = [p.name for p in _pages(root) if not _has_colab(nbformat.read(p, as_version=4))]
     if bad: raise CheckFailed('notebooks without the Colab link and install cell: ' + ', '.join(bad) +
-                              '\n  fix: run `python -m ssm_explore.devtools colab`, then nbdev_clean, and commit')
+                              '\n  fix: run `python -m ssm_explore.commands.dev colab`, then nbdev_clean, and commit')
 
-# %% ../nbs/98_devtools.ipynb #e8410f87
-_CHECKS = {'clean': check_clean, 'export': check_export, 'readme-check': check_readme, 'colab-check': check_colab}
-
+# %% ../nbs/98_devtools.ipynb #3a4d7ad6
 def browser_pages(root=None, n_figure_pages:int=2)->dict:
     "Pages the browser test loads: the home page, pages with embedded widget state, and the first figure pages."
     import nbformat
@@ -345,28 +343,3 @@ def browser_pages(root=None, n_figure_pages:int=2)->dict:
         if expected_figures(nbformat.read(p, as_version=4)) and figs < n_figure_pages:
             pages.setdefault(p.stem, {})['images'] = True; figs += 1
     return pages
-
-def _main(argv=None)->int:
-    import argparse
-    p = argparse.ArgumentParser(prog='python -m ssm_explore.devtools', description='Development checks and the offline docs build.')
-    p.add_argument('what', choices=['clean', 'export', 'readme', 'readme-check', 'colab', 'colab-check', 'docs', 'browser'])
-    a = p.parse_args(argv)
-    try:
-        if a.what == 'readme': print(f'wrote {make_readme()}')
-        elif a.what == 'colab': print('added Colab cells to: ' + (', '.join(add_colab_cells()) or 'none needed'))
-        elif a.what == 'docs':
-            out = build_docs(); seen = check_docs()
-            print(f'docs: {len(seen)} pages rendered into {out}, {sum(seen.values())} figures: ' +
-                  ', '.join(f'{k} ({v})' for k, v in seen.items()))
-        elif a.what == 'browser':
-            for k, v in browser_check(browser_pages()).items(): print(f"browser: {k}.html {v['check']} screenshot {v['screenshot']}")
-        else: _CHECKS[a.what](); print(f'{a.what}: ok')
-    except CheckFailed as e:
-        print(f'CHECK FAILED [{a.what}]: {e}', file=sys.stderr); return 1
-    return 0
-
-def _in_ipython()->bool:
-    try: get_ipython; return True  # noqa: F821 (a builtin inside IPython/Jupyter)
-    except NameError: return False
-
-if __name__ == '__main__' and not _in_ipython(): sys.exit(_main())

@@ -8,14 +8,15 @@ import contextlib, json, math, os, subprocess, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
-from .core import atomic_write, save_json, load_json, sha256_file, env_info, stable_seed
+import re
+from .core import atomic_write, save_json, load_json, sha256_file, env_info, stable_seed, UserError, markdown_table
 
 # %% auto #0
-__all__ = ['REPORT_MODELS', 'RESULT_COLUMNS', 'PUBLISHED_TOP1', 'Normalized', 'create_model', 'severity_plan', 'chunk_path',
-           'predict', 'evaluate', 'load_results', 'bootstrap_ci', 'mcnemar_test', 'holm', 'expected_calibration_error',
-           'accuracy_table', 'per_class_accuracy', 'paired_comparisons', 'plot_best_worst', 'plot_severity_curves',
-           'plot_heatmap', 'code_version', 'manifest_hash', 'prepare_run', 'describe_model', 'summarize_run',
-           'robustness_cli', 'bench_cli']
+__all__ = ['REPORT_MODELS', 'PUBLISHED_TOP1', 'RESULT_COLUMNS', 'Normalized', 'data_config', 'check_model_name', 'create_model',
+           'severity_plan', 'chunk_path', 'init_distributed', 'predict', 'evaluate', 'load_results', 'bootstrap_ci',
+           'mcnemar_test', 'holm', 'expected_calibration_error', 'accuracy_table', 'per_class_accuracy',
+           'paired_comparisons', 'plot_best_worst', 'plot_severity_curves', 'plot_heatmap', 'code_version',
+           'manifest_hash', 'prepare_run', 'describe_model', 'run_differences', 'summarize_run']
 
 # %% ../nbs/06_evaluate.ipynb #337f1ed6
 class Normalized(nn.Module):
@@ -24,7 +25,7 @@ class Normalized(nn.Module):
         super().__init__()
         self.model = model
         if mean is None or std is None:
-            cfg = _data_config(model); mean, std = cfg['mean'], cfg['std']
+            cfg = data_config(model); mean, std = cfg['mean'], cfg['std']
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255, persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255, persistent=False)
 
@@ -33,25 +34,67 @@ class Normalized(nn.Module):
         x = (x.float() - self.mean) / self.std
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
-def _data_config(model)->dict:
+def data_config(model)->dict:
     try:
         import timm
-        return timm.data.resolve_model_data_config(model)
+        return timm.data.resolve_modeldata_config(model)
     except Exception: return dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
-# %% ../nbs/06_evaluate.ipynb #137e456e
+# %% ../nbs/06_evaluate.ipynb #2b39f1f2
 REPORT_MODELS = ('vmamba_base', 'swin_base_patch4_window7_224.ms_in1k', 'convnext_base.fb_in1k')
+PUBLISHED_TOP1 = {'vmamba_base': 83.9, 'swin_base_patch4_window7_224.ms_in1k': 83.604, 'convnext_base.fb_in1k': 83.838}
 
+def check_model_name(name:str)->str:
+    "`name` if timm (with the VMamba variants registered) knows it, else a `UserError` naming the closest names."
+    import difflib, timm
+    import ssm_explore.vmamba  # noqa: F401  registers vmamba_*
+    if timm.is_model(name): return name
+    close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=4, cutoff=0.6)
+    raise UserError(f"unknown model {name!r}" + (f" — did you mean {', '.join(close)}?" if close else
+                    " — see timm.list_models() for the names"))
+
+# %% ../nbs/06_evaluate.ipynb #4548ff95
+def _filter_fn(model:nn.Module):
+    "The architecture's own `checkpoint_filter_fn` (timm model files and `ssm_explore.vmamba` define one), if any."
+    import sys as _sys
+    return getattr(_sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
+
+def _fit_error(path, name:str, e:Exception)->UserError:
+    "One line for a strict-load failure: how many keys are missing / unexpected / of another shape, a few of each."
+    txt = str(e)
+    parts = []
+    for what, pat in [('missing', r'Missing key\(s\) in state_dict: (.*?)\.\s*(?:Unexpected|size mismatch|$)'),
+                      ('unexpected', r'Unexpected key\(s\) in state_dict: (.*?)\.\s*(?:size mismatch|$)')]:
+        m = re.search(pat, txt, re.S)
+        if m:
+            keys = re.findall(r'"([^"]+)"', m.group(1))
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    shapes = re.findall(r'size mismatch for ([^:]+): copying a param with shape torch.Size\(\[([^\]]*)\]\).*?current model is torch.Size\(\[([^\]]*)\]\)', txt)
+    if shapes: parts.append(f'{len(shapes)} of another shape (' + ', '.join(f'{k}: file ({a}) vs model ({b})' for k, a, b in shapes[:2]) + (', ...' if len(shapes) > 2 else '') + ')')
+    return UserError(f"{path}: does not fit {name}: {'; '.join(parts) or txt.splitlines()[0]} — is this the file of {name}? "
+                     f"Check --checkpoint {name}=FILE")
+
+# %% ../nbs/06_evaluate.ipynb #5162d3ab
 def create_model(name:str, # timm model name, optionally with a weights tag (`convnext_base.fb_in1k`)
                  checkpoint:str|Path|None=None, # local weights file (official .pth, timm .safetensors/.bin)
-                 **kwargs)->nn.Module:
+                 ema:bool=False, # use the file's EMA weights ('model_ema') instead of 'model'
+                 trust:bool=False, # allow the unsafe pickle loader (runs code from the file)
+                 with_info:bool=False, # also return what was loaded (file, SHA-256, key) for run.json
+                 **kwargs):
     "Build a model by timm name, with weights from a local file (or random weights when `checkpoint` is None)."
     import timm
-    with contextlib.suppress(ImportError): import ssm_explore.vmamba  # registers vmamba_* models
-    if checkpoint is None: return timm.create_model(name, pretrained=False, **kwargs).eval()
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file(): raise FileNotFoundError(f'checkpoint for {name} not found: {checkpoint}')
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)), **kwargs).eval()
+    from ssm_explore.checkpoint import read_checkpoint, state_dict_of, checkpoint_info
+    check_model_name(name)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    if checkpoint is None: return (model, None) if with_info else model
+    ck = read_checkpoint(checkpoint, trust=trust)
+    sd, key = state_dict_of(ck, ema=ema, source=str(checkpoint))
+    fn = _filter_fn(model)
+    if fn is not None: sd = fn(sd, model)
+    try: model.load_state_dict(sd, strict=True)
+    except RuntimeError as e: raise _fit_error(checkpoint, name, e) from None
+    info = dict(checkpoint_info(checkpoint, ck, key), ema=ema)
+    return (model, info) if with_info else model
 
 # %% ../nbs/06_evaluate.ipynb #7a957c1f
 def severity_plan(transforms:list, # transform names ('clean' gets severity 0 only)
@@ -77,6 +120,13 @@ def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+def init_distributed()->tuple:
+    "Join the process group when started by torchrun (WORLD_SIZE > 1); returns (rank, world)."
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    return _dist()
 
 @torch.inference_mode()
 def predict(model:nn.Module|dict, # a `Normalized` model (takes uint8 batches), or name -> model
@@ -342,9 +392,9 @@ def prepare_run(run_dir, manifest:pd.DataFrame, models:dict, seed:int, geometry,
     p = run_dir/'run.json'
     if p.exists():
         old = load_json(p)
-        diff = [k for k in _RUN_KEYS if old.get(k) != info.get(k)]
-        if diff: raise ValueError(f'{run_dir} holds a run made with different {", ".join(diff)}; use another output folder '
-                                  f'(or delete {run_dir} to start over)')
+        diff = run_differences(old, info)
+        if diff: raise UserError(f'{run_dir} holds a run made with other settings ({"; ".join(diff)}) — use another --out folder, '
+                                 f'or delete {run_dir} to start over')
         return old
     env = env_info()
     info.update(code_version=code_version(), packages=env['packages'], python=env['python'],
@@ -353,12 +403,29 @@ def prepare_run(run_dir, manifest:pd.DataFrame, models:dict, seed:int, geometry,
     with atomic_write(run_dir/'manifest.csv') as f: manifest.to_csv(f, index=False)
     return info
 
-def describe_model(name:str, checkpoint=None, model:nn.Module|None=None)->dict:
-    "Model entry of run.json: name, checkpoint path and SHA-256, parameter count."
-    d = dict(name=name, checkpoint=str(checkpoint) if checkpoint else None,
-             checkpoint_sha256=sha256_file(checkpoint) if checkpoint else None)
+def describe_model(name:str, loaded:dict|str|Path|None=None, # `create_model(..., with_info=True)`'s info, or a file
+                   model:nn.Module|None=None)->dict:
+    "Model entry of run.json: name, checkpoint file, SHA-256, which weights ('model' / 'model_ema'), parameter count."
+    if loaded is not None and not isinstance(loaded, dict): loaded = dict(path=str(Path(loaded).resolve()), sha256=sha256_file(loaded))
+    d = dict(name=name, checkpoint=loaded['path'] if loaded else None, checkpoint_sha256=loaded['sha256'] if loaded else None,
+             weights=loaded.get('key') if loaded else None, ema=loaded.get('ema', False) if loaded else None)
     if model is not None: d['params'] = sum(p.numel() for p in model.parameters())
     return d
+
+_WHERE = ('checkpoint',)   # where a file lies is not what it is: runs are identified by checksums
+
+def run_differences(old:dict, new:dict)->list:
+    "What differs between two run.json identities (file locations ignored, contents compared by SHA-256)."
+    out = []
+    for k in _RUN_KEYS:
+        a, b = old.get(k), new.get(k)
+        if k == 'models' and isinstance(a, dict) and isinstance(b, dict):
+            if list(a) != list(b): out.append(f'models {list(a)} vs now {list(b)}'); continue
+            for m in a:
+                for f in sorted(set(a[m]) | set(b[m])):
+                    if f not in _WHERE and a[m].get(f) != b[m].get(f): out.append(f'{m} {f}: {a[m].get(f)} vs now {b[m].get(f)}')
+        elif a != b: out.append(f'{k}: {str(a)[:60]} vs now {str(b)[:60]}')
+    return out
 
 # %% ../nbs/06_evaluate.ipynb #343d74dd
 def summarize_run(results:pd.DataFrame, run_dir, models:list|None=None, n_boot:int=1000, seed:int=0, k:int=8)->dict:
@@ -371,7 +438,8 @@ def summarize_run(results:pd.DataFrame, run_dir, models:list|None=None, n_boot:i
     out = dict(accuracy=acc, pairs=pairs, per_class=per_class, files={})
     for name, df in [('accuracy', acc), ('pairs', pairs), ('per_class', per_class)]:
         with atomic_write(run_dir/'tables'/f'{name}.csv') as f: df.to_csv(f, index=False)
-        out['files'][name] = run_dir/'tables'/f'{name}.csv'
+        with atomic_write(run_dir/'tables'/f'{name}.md') as f: f.write(markdown_table(df, '.4g') + '\n')
+        out['files'][name] = run_dir/'tables'/f'{name}.csv'; out['files'][f'{name}_md'] = run_dir/'tables'/f'{name}.md'
     figs = [('figure2_best_worst', lambda: plot_best_worst(acc, k, models=models)),
             ('heatmap', lambda: plot_heatmap(acc, models=models))]
     if (acc.severity > 0).any(): figs.append(('severity_curves', lambda: plot_severity_curves(acc, models=models)))
@@ -380,173 +448,3 @@ def summarize_run(results:pd.DataFrame, run_dir, models:list|None=None, n_boot:i
         with atomic_write(p, 'wb') as f: fig.savefig(f, dpi=110, format='png')
         plt.close(fig); out['files'][name] = p
     return out
-
-# %% ../nbs/06_evaluate.ipynb #51f0a641
-PUBLISHED_TOP1 = {'vmamba_base': 83.9, 'swin_base_patch4_window7_224.ms_in1k': 83.604, 'convnext_base.fb_in1k': 83.838}
-
-def _parse_checkpoints(items:list)->dict:
-    out = {}
-    for it in items or []:
-        if '=' not in it: raise SystemExit(f'--checkpoint expects NAME=FILE, got {it!r}')
-        k, v = it.split('=', 1)
-        if not Path(v).is_file(): raise SystemExit(f'--checkpoint {k}: file not found: {v}')
-        out[k] = v
-    return out
-
-def _init_distributed():
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.distributed.is_initialized():
-        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    return _dist()
-
-def robustness_cli(argv:list)->int:
-    "`ssm-explore robustness`: the robustness study (embedded mini-study by default, ImageNet with --imagenet)."
-    import argparse
-    p = argparse.ArgumentParser(prog='ssm-explore robustness', description=robustness_cli.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--imagenet', help='ImageNet-1k validation folder (val/<wnid>/*.JPEG, or flat with LOC_val_solution.csv or devkit labels)')
-    p.add_argument('--models', nargs='+', default=list(REPORT_MODELS), help='timm model names (real mode)')
-    p.add_argument('--checkpoint', action='append', metavar='NAME=FILE', help='local weights for a model (repeat per model)')
-    p.add_argument('--allow-random-weights', action='store_true', help='run models without a checkpoint (pipeline tests only)')
-    p.add_argument('--per-class', type=int, default=15, help='validation images sampled per class')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--transforms', default='all', help="comma-separated transform names, or 'all'")
-    p.add_argument('--severities', default='report', help="'report' (as the report configured them), 'all' (+ severities 1-5) or e.g. 1,3,5")
-    p.add_argument('--native-preprocessing', action='store_true', help="each model's own resize/crop instead of the common 256/224 geometry")
-    p.add_argument('--skip-bad-files', action='store_true', help='skip unreadable images (recorded in the run manifest) instead of stopping')
-    p.add_argument('--out', default=None, help='run folder (default runs/robustness or runs/mini_study)')
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--workers', type=int, default=None,
-                   help='DataLoader workers (default: min(8, CPUs) on CUDA; 0 on CPU, where workers take cores from the model: '
-                        '`ssm-explore bench evaluate` measured 98%% of the pure forward rate with 0 workers, 59%% with 1 on 2 cores)')
-    p.add_argument('--device', default=None)
-    p.add_argument('--quick', action='store_true', help='mini-study only: the short CI-sized version')
-    a = p.parse_args(argv)
-    if a.imagenet is None:
-        from ssm_explore.ministudy import MiniStudyConfig, run_mini_study, print_mini_summary
-        cfg = MiniStudyConfig.quick(seed=a.seed) if a.quick else MiniStudyConfig(seed=a.seed, severities=a.severities if a.severities != 'report' else 'all')
-        res = run_mini_study(Path(a.out or 'runs/mini_study'), cfg)
-        print_mini_summary(res); return 0
-    try: return _real_study(a)
-    except (ValueError, KeyError, OSError) as e:   # bad input: one clear line naming the file or key, no traceback
-        print(f'ssm-explore robustness: error: {e}', file=sys.stderr); return 2
-
-def _real_study(a)->int:
-    from ssm_explore.data import imagenet_subset, TransformedImageDataset
-    from ssm_explore.transforms import TRANSFORM_NAMES, transform_spec
-    rank, world = _init_distributed()
-    ckpts = _parse_checkpoints(a.checkpoint)
-    missing = [m for m in a.models if m not in ckpts]
-    if missing and not a.allow_random_weights:
-        raise SystemExit('no weights for ' + ', '.join(missing) + ': pass --checkpoint NAME=FILE for each model '
-                         '(VMamba: the official .pth; timm models: their model.safetensors / pytorch_model.bin), '
-                         'or --allow-random-weights to test the pipeline')
-    out = Path(a.out or 'runs/robustness')
-    names = list(TRANSFORM_NAMES) if a.transforms == 'all' else [t.strip() for t in a.transforms.split(',')]
-    unknown = [t for t in names if t not in TRANSFORM_NAMES]
-    if unknown: raise SystemExit(f'unknown transforms {unknown}; known: {list(TRANSFORM_NAMES)}')
-    sev = a.severities if a.severities in ('report', 'all') else [int(s) for s in a.severities.split(',')]
-    plan = severity_plan(names, sev)
-    # seeded class-balanced sample, decoded once to verify and hash every file (bad files stop the run, or are
-    # recorded as skipped with --skip-bad-files)
-    sample = imagenet_subset(a.imagenet, per_class=a.per_class, seed=a.seed, skip_bad=a.skip_bad_files)
-    models = {m: create_model(m, ckpts.get(m)) for m in a.models}
-    specs = {f'{t}@{s}': transform_spec(t, s or None) for t, s in plan}
-    geometry = None if a.native_preprocessing else (256, 224)
-    if a.workers is None: a.workers = min(8, os.cpu_count() or 1) if torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu')).type == 'cuda' else 0
-    if rank == 0:
-        prepare_run(out, sample, {m: describe_model(m, ckpts.get(m), models[m]) for m in models}, a.seed, geometry, specs,
-                    extra=dict(imagenet=str(a.imagenet), per_class=a.per_class, world_size=world))
-    if world > 1: torch.distributed.barrier()
-    def ds_for(geom):
-        return lambda t, s: TransformedImageDataset(sample, t, s or None, seed=a.seed, geometry=geom, root=a.imagenet)
-    if geometry is not None:
-        res = evaluate(models, ds_for(geometry), out, plan, a.batch_size, a.workers, a.device)
-    else:
-        for m, model in models.items():
-            cfg = _data_config(model); crop = cfg['input_size'][-1]
-            res = evaluate({m: model}, ds_for((int(math.floor(crop / cfg['crop_pct'])), crop)), out, plan, a.batch_size, a.workers, a.device)
-        res = load_results(out, plan, list(models))
-    if rank == 0:
-        summary = summarize_run(res, out, models=list(models))
-        acc = summary['accuracy']
-        print(acc[acc.severity == 0].pivot_table(index='transform', columns='model', values='top1').round(2).to_string())
-        for m in models:
-            if m in PUBLISHED_TOP1:
-                c = acc[(acc.model == m) & (acc['transform'] == 'clean')]
-                if len(c): print(f'{m}: clean top-1 {c.top1.iloc[0]:.2f} [{c.top1_lo.iloc[0]:.2f}, {c.top1_hi.iloc[0]:.2f}] '
-                                 f'(published on the full 50k set: {PUBLISHED_TOP1[m]})')
-        print(f'tables and figures in {out}')
-    if world > 1: torch.distributed.destroy_process_group()
-    return 0
-
-# %% ../nbs/06_evaluate.ipynb #27132124
-def _time_forward(model:Normalized, batches:list)->float:
-    "Seconds of the pure forward of `model` over preloaded uint8 `batches` (inference mode, as `evaluate` runs it)."
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for x in batches: model(x)
-    return time.perf_counter() - t0
-
-def bench_cli(argv:list)->int:
-    "`ssm-explore bench evaluate`: end-to-end evaluation images/s vs the model's pure forward images/s on the same batches."
-    import argparse, tempfile, shutil
-    from ssm_explore.transforms import _bench_images, TRANSFORM_NAMES
-    from ssm_explore.data import TransformedImageDataset
-    p = argparse.ArgumentParser(prog='ssm-explore bench evaluate', description=bench_cli.__doc__)
-    p.add_argument('--quick', action='store_true', help='vmamba_tiny, 16 images, one transform, workers 0 and 1 (about a minute)')
-    p.add_argument('--model', default=None, help='timm/ssm_explore model name, random weights (default vmamba_base; quick vmamba_tiny)')
-    p.add_argument('--n', type=int, default=None, help='images per measurement (default 32; quick 16)')
-    p.add_argument('--batch-size', type=int, default=None, help='default 16; quick 8')
-    p.add_argument('--transforms', nargs='+', default=None, help='default: clean perspective piecewise_affine (quick: perspective)')
-    p.add_argument('--workers', type=int, nargs='+', default=None, help='DataLoader workers to try (default 0 1 2; quick 0 1)')
-    p.add_argument('--repeats', type=int, default=2, help='alternating repeats; the best of each side is kept')
-    p.add_argument('--target', type=float, default=0.85, help='required pipeline rate / pure forward rate')
-    p.add_argument('--out', default=None, help='also write the results as JSON here')
-    a = p.parse_args(argv)
-    name = a.model or ('vmamba_tiny' if a.quick else 'vmamba_base')
-    n, bs = a.n or (16 if a.quick else 32), a.batch_size or (8 if a.quick else 16)
-    names = a.transforms or (['perspective'] if a.quick else ['clean', 'perspective', 'piecewise_affine'])
-    bad = [t for t in names if t != 'clean' and t not in TRANSFORM_NAMES]
-    if bad: raise SystemExit(f'unknown transform(s) {bad}; known: clean, {", ".join(TRANSFORM_NAMES)}')
-    workers = a.workers or ([0, 1] if a.quick else [0, 1, 2])
-    model = Normalized(create_model(name)).eval().to(memory_format=torch.channels_last)
-    res = dict(model=name, n_images=n, batch_size=bs, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
-               target=a.target, rows=[])
-    print(f'{name}: {sum(q.numel() for q in model.parameters())/1e6:.1f}M params, random weights, {n} images of 224 px '
-          f'in batches of {bs}, {torch.get_num_threads()} threads, best of {a.repeats}')
-    hdr = f"{'transform':<20}{'workers':>8}{'forward img/s':>15}{'pipeline img/s':>16}{'ratio':>8}"
-    print(hdr); print('-' * len(hdr))
-    with tempfile.TemporaryDirectory() as d:
-        m = _bench_images(d, n)
-        with torch.inference_mode(): model(torch.zeros(bs, 3, 224, 224, dtype=torch.uint8))  # warm-up
-        for t in names:
-            ds_fn = lambda tt, s: TransformedImageDataset(m, tt, s or None, seed=0, geometry=(256, 224), root=d)
-            loader = torch.utils.data.DataLoader(ds_fn(t, 0), batch_size=bs, num_workers=0)
-            batches = [x for x, _, _ in loader]  # the same pixels the pipeline computes, decoded once beforehand
-            for w in workers:
-                fwd, pipe = [], []
-                for r in range(a.repeats):
-                    fwd.append(_time_forward(model, batches))
-                    run = Path(d)/f'run-{t}-{w}-{r}'; t0 = time.perf_counter()
-                    out = evaluate({name: model}, ds_fn, run, [(t, 0)], bs, w, 'cpu', progress=False)
-                    pipe.append(time.perf_counter() - t0); shutil.rmtree(run)
-                    if len(out) != n: raise RuntimeError(f'the pipeline returned {len(out)} rows for {n} images')
-                row = dict(transform=t, workers=w, forward_rate=n / min(fwd), pipeline_rate=n / min(pipe))
-                row['ratio'] = row['pipeline_rate'] / row['forward_rate']; res['rows'].append(row)
-                print(f"{t:<20}{w:>8}{row['forward_rate']:>15.2f}{row['pipeline_rate']:>16.2f}{row['ratio']:>7.0%}")
-    best = {t: max((r for r in res['rows'] if r['transform'] == t), key=lambda r: r['ratio']) for t in names}
-    print(f'\ntarget: pipeline >= {a.target:.0%} of the pure forward rate (best worker count per transform)')
-    for t, r in best.items():
-        print(f"  {t:<20} {r['ratio']:.0%} with {r['workers']} worker(s): {'meets it' if r['ratio'] >= a.target else 'MISSES it'}")
-    res['best'] = best
-    if a.out: save_json(res, a.out)
-    return 0
-
-# %% ../nbs/06_evaluate.ipynb #c1baed8a
-def _in_ipython()->bool:
-    try: get_ipython; return True  # noqa: F821
-    except NameError: return False
-
-if __name__ == '__main__' and not _in_ipython(): sys.exit(robustness_cli(sys.argv[1:]))

@@ -11,12 +11,11 @@ import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as 
 from .core import atomic_write, save_json, stable_seed
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'CAPTUM_METHODS', 'METHODS', 'ROUTES', 'REPORT_CASE', 'split_model', 'to_input', 'TargetLayer',
-           'target_layer', 'default_layer', 'nchw_view', 'explain_maps', 'gradcam_reference', 'random_maps',
-           'road_scores', 'ss2d_ops', 'merge_routes', 'route_patch', 'route_maps', 'route_ablation', 'new_confusions',
-           'top_confusion', 'overlay', 'plot_evidence', 'plot_method_grid', 'plot_routes', 'predict_images',
-           'road_table', 'road_summary', 'explain_case', 'learned_features_for', 'embedded_images', 'run_explain_study',
-           'explain_cli']
+__all__ = ['CAM_METHODS', 'CAPTUM_METHODS', 'METHODS', 'ROUTES', 'split_model', 'to_input', 'TargetLayer', 'target_layer',
+           'default_layer', 'nchw_view', 'explain_maps', 'gradcam_reference', 'random_maps', 'road_scores', 'ss2d_ops',
+           'merge_routes', 'route_patch', 'route_maps', 'route_ablation', 'new_confusions', 'top_confusion', 'overlay',
+           'plot_evidence', 'plot_method_grid', 'plot_routes', 'predict_images', 'road_table', 'road_summary',
+           'explain_case', 'learned_features_for', 'embedded_images', 'run_explain_study']
 
 # %% ../nbs/07_explain.ipynb #b110fa0f
 def split_model(model:nn.Module)->tuple:
@@ -479,14 +478,16 @@ def explain_case(models:dict, # name -> `Normalized` model
     # ROAD
     xe = case_images if eval_images is None else eval_images
     ye = [case['true']] * len(xe) if eval_images is None else list(eval_labels)
-    t0 = time.perf_counter()
-    road = road_table(models, xe, ye, methods, cache=out/'road', seed=seed, progress=progress)
-    say(f'ROAD: {len(xe)} images, {time.perf_counter() - t0:.0f} s')
-    mean, win = road_summary(road)
-    abl = {k: route_ablation(m, xe, ye).mean(0) for k, m in models.items() if ss2d_ops(split_model(m)[0])}
-    with atomic_write(out/'road.csv') as f: road.to_csv(f, index=False)
-    with atomic_write(out/'road_summary.csv') as f: mean.to_csv(f)
-    files['road'] = out/'road.csv'; files['road_summary'] = out/'road_summary.csv'
+    road = mean = win = None; abl = {}
+    if len(xe):   # ROAD is optional: no evaluation images, no faithfulness table
+        t0 = time.perf_counter()
+        road = road_table(models, xe, ye, methods, cache=out/'road', seed=seed, progress=progress)
+        say(f'ROAD: {len(xe)} images, {time.perf_counter() - t0:.0f} s')
+        mean, win = road_summary(road)
+        abl = {k: route_ablation(m, xe, ye).mean(0) for k, m in models.items() if ss2d_ops(split_model(m)[0])}
+        with atomic_write(out/'road.csv') as f: road.to_csv(f, index=False)
+        with atomic_write(out/'road_summary.csv') as f: mean.to_csv(f)
+        files['road'] = out/'road.csv'; files['road_summary'] = out/'road_summary.csv'
     save_json(dict(case={k: (v if not isinstance(v, (np.integer, np.floating)) else v.item()) for k, v in case.items()},
                    true_name=t_name, pred_name=p_name, predictions=preds, routes={k: {a: b.tolist() for a, b in v.items()} for k, v in routes.items()},
                    route_ablation={k: v.tolist() for k, v in abl.items()}), out/'case.json')
@@ -508,18 +509,22 @@ def _case_markdown(case, t_name, p_name, preds, mean, win, routes, abl, files, b
           f"(the model is too weak for *new* confusions), so this is its most frequent error under `{case['transform']}`"
           if case.get('kind') == 'error' else
           f"The most frequent confusion that `{case['transform']}` creates for **{case.get('model', '?')}**")
-         + (f" ({case['count']} images)" if 'count' in case else '') + '. Predictions on the case image: '
+         + (f" ({case['count']} images)" if case.get('count') else '') + '. Predictions on the case image: '
          + '; '.join(f'{k}: {v}' for k, v in preds.items()) + '.', '',
          f"![figure 4]({rel(files['figure4'])})", '',
          f"Figure 4: (a) the transformed input, (b) Grad-CAM evidence for *{t_name}*, (c) for *{p_name}*.", '',
          f"![figure 3]({rel(files['figure3'])})", '', f"Figure 3: learned features (class activation maximisation) of *{t_name}* and *{p_name}*.", '',
-         f"![methods]({rel(files['methods'])})", '',
+         f"![methods]({rel(files['methods'])})", '']
+    if case.get('count') == 0:
+        L[1] = (f"No image of *{t_name}* is predicted *{p_name}* by **{case.get('model', '?')}** under `{case['transform']}`; "
+                'the figures explain this chosen pair anyway. Predictions on the first image: ' + '; '.join(f'{k}: {v}' for k, v in preds.items()) + '.')
+    if mean is not None: L += [
          f"### Faithfulness (ROAD, {n} images, target = true class)",
          "ROAD combined score ×100: mean over images of (LeRF − MoRF)/2 of the class-probability change when the "
          "least/most relevant pixels are imputed away (20–80%). Higher = the map ranks pixels the way the model uses them; "
          "`random` = smooth random maps.", '', _md_table(mean.round(2)), '',
          "Share of images (%) where the method's map beats the random map:", '', _md_table(win.round(0), '{:.0f}'), '']
-    for k in mean.columns:
+    for k in (mean.columns if mean is not None else []):
         g, r = mean.loc['gradcam', k] if 'gradcam' in mean.index else np.nan, mean.loc['random', k]
         best = mean[k].drop([i for i in mean.index if i == 'random' or i.startswith('route')], errors='ignore').idxmax()
         L.append(f"- **{k}**: Grad-CAM {g:.2f} vs random {r:.2f} "
@@ -531,6 +536,7 @@ def _case_markdown(case, t_name, p_name, preds, mean, win, routes, abl, files, b
         tab = pd.DataFrame({f'{k}: evidence share % ({c})': {r: 100 * v[c][i] for i, r in enumerate(ROUTES)}
                             for k, v in routes.items() for c in ('true', 'pred')})
         for k, a in abl.items(): tab[f'{k}: probability drop (pp) without the route'] = {r: 100 * a[i] for i, r in enumerate(ROUTES)}
+        if not abl: L[-1] = L[-1].replace(', and the mean drop in', ' (route ablation needs ROAD images: none given; it would show the mean drop in')
         tab.index.name = 'route'
         L += [_md_table(tab.round(1)), '']
         for k in routes: L.append(f"![routes {k}]({rel(files[f'routes_{k}'])})")
@@ -603,91 +609,3 @@ def run_explain_study(out_dir, # report folder for this part (figures, tables, e
     r['files']['confusions'] = out/'confusions.csv'
     # the returned section is for a report one folder up (the demo's report.md next to this folder)
     return dict(r, markdown=md(out.parent), confusions=conf, out_dir=out)
-
-# %% ../nbs/07_explain.ipynb #82d6df74
-REPORT_CASE = dict(model='vmamba_base', true=924, pred=923, transform='perspective', severity=0)
-
-def _class_images(manifest:pd.DataFrame, label:int, transform:str, severity:int, seed:int, limit:int|None=None, root=None)->tuple:
-    from ssm_explore.data import TransformedImageDataset
-    m = manifest[manifest.label == label]
-    if limit: m = m.head(limit)
-    if m.empty: raise ValueError(f'no validation images of class {label} in the ImageNet folder')
-    ds = TransformedImageDataset(m, transform, severity or None, seed=seed, geometry=(256, 224), root=root)
-    return np.stack([ds.image(i) for i in range(len(ds))]), list(m.image_id)
-
-def explain_cli(argv:list)->int:
-    "`ssm-explore explain`: confusion analysis, learned features, evidence maps and ROAD for chosen models and classes."
-    import argparse
-    from ssm_explore.evaluate import REPORT_MODELS, Normalized, create_model, _parse_checkpoints
-    p = argparse.ArgumentParser(prog='ssm-explore explain', description=explain_cli.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--out', default='runs/explain', help='output folder')
-    p.add_argument('--quick', action='store_true', help='embedded mode: the CI-sized version')
-    p.add_argument('--model', default=None, help="the model whose confusion is explained (default: the VMamba one)")
-    p.add_argument('--transform', default=None, help='transform of the case (default: automatic / perspective in real mode)')
-    p.add_argument('--severity', type=int, default=0)
-    p.add_argument('--true', type=int, default=None, help='true class index of the case')
-    p.add_argument('--pred', type=int, default=None, help='predicted class index of the case')
-    p.add_argument('--methods', default=None, help=f'comma-separated subset of {",".join(METHODS)}')
-    p.add_argument('--imagenet', default=None, help='real mode: ImageNet validation folder (see `ssm-explore robustness`)')
-    p.add_argument('--models', nargs='+', default=list(REPORT_MODELS), help='real mode: timm model names')
-    p.add_argument('--checkpoint', action='append', metavar='NAME=FILE', help='real mode: local weights per model')
-    p.add_argument('--allow-random-weights', action='store_true', help='real mode: run models without weights (pipeline tests)')
-    p.add_argument('--results', default=None, help='real mode: a robustness run folder to find the confusion in')
-    p.add_argument('--road-images', type=int, default=8, help='real mode: images of the true class for the ROAD table')
-    p.add_argument('--steps', type=int, default=256, help='real mode: learned-feature optimisation steps')
-    p.add_argument('--max-images', type=int, default=None, help='real mode: read at most this many images of the class')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--device', default=None)
-    a = p.parse_args(argv)
-    methods = tuple(m.strip() for m in a.methods.split(',')) if a.methods else None
-    bad = [m for m in methods or () if m not in METHODS]
-    if bad: p.error(f'unknown methods {bad}; known: {", ".join(METHODS)}')
-    if a.imagenet is None:
-        case = None
-        if any(v is not None for v in (a.true, a.pred, a.transform)):
-            if None in (a.true, a.pred, a.transform): p.error('a chosen case needs --true, --pred and --transform')
-            case = dict(true=a.true, pred=a.pred, transform=a.transform, severity=a.severity)
-        r = run_explain_study(a.out, None, quick=a.quick, model=a.model, case=case, methods=methods)
-        print(f"report section: {r['files']['markdown']}"); return 0
-    return _real_explain(a, methods)
-
-def _real_explain(a, methods)->int:
-    from ssm_explore.evaluate import Normalized, create_model, _parse_checkpoints
-    from ssm_explore.data import imagenet_val_manifest, imagenet_classes
-    from ssm_explore.transforms import TRANSFORM_NAMES
-    ckpts = _parse_checkpoints(a.checkpoint)
-    missing = [m for m in a.models if m not in ckpts]
-    if missing and not a.allow_random_weights:
-        raise SystemExit('no weights for ' + ', '.join(missing) + ': pass --checkpoint NAME=FILE for each model, '
-                         'or --allow-random-weights to test the pipeline')
-    device = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    models = {m: Normalized(create_model(m, ckpts.get(m))).to(device).eval() for m in a.models}
-    main = a.model or next((m for m in a.models if 'vmamba' in m), a.models[0])
-    if main not in models: raise SystemExit(f'--model {main} is not among --models {a.models}')
-    case = dict(REPORT_CASE, model=main)
-    if a.results:
-        from ssm_explore.evaluate import RESULT_COLUMNS
-        parts = [pd.read_csv(f, dtype={'image_id': str, 'top5': str}) for f in sorted(Path(a.results).glob('chunks/*/*.csv'))]
-        if not parts: raise SystemExit(f'no result chunks under {a.results}/chunks')
-        res = pd.concat(parts, ignore_index=True)
-        case = top_confusion(res, main, [a.transform] if a.transform else None, a.severity) if a.true is None else case
-    for k in ('true', 'pred', 'transform'):
-        if getattr(a, k) is not None: case[k] = getattr(a, k)
-    case['severity'] = a.severity
-    if case['transform'] not in TRANSFORM_NAMES: raise SystemExit(f"unknown transform {case['transform']!r}; known: {list(TRANSFORM_NAMES)}")
-    names = imagenet_classes().class_name.tolist()
-    manifest = imagenet_val_manifest(a.imagenet)
-    imgs, ids = _class_images(manifest, case['true'], case['transform'], case['severity'], a.seed, a.max_images, root=a.imagenet)
-    pr = predict_images(models[main], imgs)
-    confused = pr.argmax(1) == case['pred']
-    order = np.lexsort((-pr[:, case['pred']], ~confused))  # confused first, most confident first
-    imgs = imgs[order]; ids = [ids[i] for i in order]
-    case.update(count=int(confused.sum()), image_ids=ids)
-    print(f"{main}: {int(confused.sum())} of {len(ids)} images of {names[case['true']]} predicted {names[case['pred']]} "
-          f"under {case['transform']}")
-    ev = imgs[:a.road_images]
-    explain_case(models, case, imgs[:4], names, a.out, ev, [case['true']] * len(ev),
-                 methods or ('gradcam', 'gradcam++', 'eigencam', 'layercam', 'integrated_gradients', 'captum_gradcam'),
-                 fv_steps=a.steps, seed=a.seed)
-    print(f"report section: {Path(a.out)/'explain.md'}"); return 0

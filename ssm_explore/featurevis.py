@@ -60,9 +60,9 @@ def random_affine(x:torch.Tensor, # (B, C, H, W)
 # %% ../nbs/07a_featurevis.ipynb #918b2491
 def _net_and_norm(model:nn.Module):
     "(network taking normalised floats, mean (1,3,1,1), std (1,3,1,1)) for a `Normalized` or a plain timm model."
-    from ssm_explore.evaluate import Normalized, _data_config
+    from ssm_explore.evaluate import Normalized, data_config
     if isinstance(model, Normalized): return model.model, model.mean / 255, model.std / 255
-    cfg = _data_config(model)
+    cfg = data_config(model)
     return model, torch.tensor(cfg['mean']).view(1, 3, 1, 1), torch.tensor(cfg['std']).view(1, 3, 1, 1)
 
 def learned_features(model:nn.Module, # a `Normalized` model or a plain one (its timm data config gives mean/std)

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .core import (atomic_write, save_json, load_json, torch_save_atomic, stable_seed, seed_everything,
-                              cache_dir, env_info)
+                              cache_dir, env_info, UserError)
+from .checkpoint import read_checkpoint
 from .roads import (SegmentationData, sample_batch, fixed_patches, Augment, sliding_window_predict,
                                synthetic_split)
 
 # %% auto #0
-__all__ = ['ds_weights', 'soft_dice', 'dice_ce_loss', 'downsample_target', 'deep_supervision_loss', 'confusion_counts',
-           'dice_from_counts', 'grad_norms', 'select_frozen', 'freeze_parameters', 'unfreeze_all', 'TrainConfig',
-           'TrainingDiverged', 'poly_lr', 'init_distributed', 'Trainer', 'StudyConfig', 'build_study_model',
-           'model_from_checkpoint', 'pretrain_source', 'interleaved_step_times', 'run_finetune_study', 'figure1',
-           'figure5', 'format_study', 'finetune_cli']
+__all__ = ['REGIMES', 'ds_weights', 'soft_dice', 'dice_ce_loss', 'downsample_target', 'deep_supervision_loss', 'confusion_counts',
+           'dice_from_counts', 'grad_norms', 'select_frozen', 'freeze_scores', 'freeze_parameters', 'unfreeze_all',
+           'TrainConfig', 'TrainingDiverged', 'poly_lr', 'init_distributed', 'Trainer', 'StudyConfig',
+           'build_study_model', 'model_from_checkpoint', 'checkpoint_variant', 'plan_patch', 'check_patch',
+           'pretrain_source', 'interleaved_step_times', 'run_finetune_study', 'figure1', 'figure5', 'format_study']
 
 # %% ../nbs/10_finetune.ipynb #b38d6f6a
 def ds_weights(n:int)->list:
@@ -90,17 +91,20 @@ def select_frozen(mean_norms:dict, # {name: mean gradient norm over the warm-up}
                   numel:dict|None=None, exclude:tuple=('seg_layers',) # never freeze names containing these
                  )->list:
     "Names of the parameters to freeze: score below `threshold` × the reference score."
+    score, cut = freeze_scores(mean_norms, threshold, reference, measure, numel)
+    return [k for k, v in score.items() if v < cut and not any(e in k for e in exclude)]
+
+def freeze_scores(mean_norms:dict, threshold:float=0.5, reference:str='median', measure:str='norm', numel:dict|None=None)->tuple:
+    "({name: score}, cut): the per-tensor scores of `select_frozen` and the cut below which a tensor freezes."
     if not mean_norms: raise ValueError('no gradient statistics: run a warm-up first')
     if measure == 'rms':
         if numel is None: raise ValueError("measure='rms' needs numel")
         score = {k: v/math.sqrt(numel[k]) for k, v in mean_norms.items()}
     elif measure == 'norm': score = dict(mean_norms)
     else: raise ValueError(f"measure must be 'norm' or 'rms', got {measure!r}")
-    vals = np.array(list(score.values()))
     ref = dict(median=np.median, mean=np.mean).get(reference)
     if ref is None: raise ValueError(f"reference must be 'median' or 'mean', got {reference!r}")
-    cut = threshold*float(ref(vals))
-    return [k for k, v in score.items() if v < cut and not any(e in k for e in exclude)]
+    return score, threshold*float(ref(np.array(list(score.values()))))
 
 def _tensors(obj):
     if torch.is_tensor(obj): yield obj
@@ -253,7 +257,7 @@ class Trainer:
 
     def load(self, path):
         "Restore a checkpoint written by `save` (weights, optimizer, logs, freezing) to continue training."
-        ck = torch.load(path, map_location=self.device, weights_only=False)
+        ck = read_checkpoint(path)
         missing = [k for k in ('network_weights', 'optimizer_state', 'current_epoch', 'logging') if k not in ck]
         if missing: raise KeyError(f"{path}: not a trainer checkpoint (missing {missing})")
         old, new = ck.get('init_args', {}).get('config', {}), asdict(self.cfg)
@@ -332,7 +336,9 @@ class Trainer:
         while self.epoch < c.epochs:
             if stop_after is not None and done_here >= stop_after: break
             self._run_epoch(); done_here += 1
-        if self.epoch >= c.epochs and not self.path['final'].exists(): self.save('final')
+        if self.epoch >= c.epochs and not self.path['final'].exists():
+            self.save('final')   # as nnU-Net: final + best remain, the latest (same content as final) goes
+            if self.rank == 0 and self.path['latest'].exists(): self.path['latest'].unlink()
         if self.world > 1: torch.distributed.barrier()   # every rank may read the final checkpoint from here on
         return self.summary()
 
@@ -444,6 +450,7 @@ class StudyConfig:
     seed: int = 0
     prefix_modules: tuple = ('encoder.stem', 'encoder.stages.0')  # the full-resolution input prefix frozen in 'freeze_prefix'
     regimes: tuple = ('scratch', 'full', 'freeze', 'freeze_prefix')
+    from_plan: tuple = ('patch', 'batch_size')  # taken from a pretrained checkpoint's plan (the CLI drops those the user gives)
     device: str = 'cpu'                # 'cuda' to train on a GPU
 
     @classmethod
@@ -468,18 +475,43 @@ def build_study_model(cfg:StudyConfig, seed:int=0)->nn.Module:
     torch.manual_seed(seed)
     return umamba_bot_small(3, 2, True, **cfg.model_args())
 
-def model_from_checkpoint(path, num_classes:int=2)->tuple:
+def model_from_checkpoint(path, num_classes:int=2, trust:bool=False)->tuple:
     "(network built from a checkpoint's `init_args`, checkpoint dict): nnU-Net files carry the plan, ours the builder arguments."
     from ssm_explore import umamba
-    ck = torch.load(path, map_location='cpu', weights_only=False)
+    ck = read_checkpoint(path, trust=trust)
     ia = ck.get('init_args') if isinstance(ck, dict) else None
-    if not isinstance(ia, dict): raise ValueError(f"{path}: no 'init_args' to build the network from; build it yourself and use load_nnunet_checkpoint")
+    if not isinstance(ia, dict): raise UserError(f"{path}: no 'init_args' to build the network from — use an nnU-Net checkpoint_final.pth (it carries the plan), or build the network yourself and call load_nnunet_checkpoint")
     if 'model_args' in ia: model = umamba.umamba_bot_small(3, num_classes, True, **ia['model_args'])
     elif 'plans' in ia and 'configuration' in ia:
-        variant = 'enc' if 'Enc' in str(ck.get('trainer_name', '')) else 'bot'
-        model = umamba.umamba_from_plans(ia['plans'], ia['configuration'], 3, num_classes, variant, True)
-    else: raise ValueError(f"{path}: init_args has neither 'model_args' nor 'plans' + 'configuration'")
+        model = umamba.umamba_from_plans(ia['plans'], ia['configuration'], 3, num_classes, checkpoint_variant(ck), True)
+    else: raise UserError(f"{path}: init_args has neither 'model_args' nor 'plans' + 'configuration' — not a checkpoint of nnU-Net or of ssm_explore")
     return model, ck
+
+def checkpoint_variant(ck:dict)->str:
+    "'enc' or 'bot': which U-Mamba a checkpoint holds (its `init_args['variant']`, else nnU-Net's trainer name)."
+    v = (ck.get('init_args') or {}).get('variant')
+    return v if v in ('bot', 'enc') else ('enc' if 'Enc' in str(ck.get('trainer_name', '')) else 'bot')
+
+def plan_patch(ck:dict)->tuple|None:
+    "(patch size, batch size, total stride, variant) of the plan in a checkpoint's `init_args`, or None for the project's own files."
+    from ssm_explore.umamba import plans_configuration
+    ia = ck.get('init_args') or {}
+    if 'plans' not in ia: return None
+    conf = plans_configuration(ia['plans'], ia['configuration'])
+    strides = conf.get('strides') or conf.get('architecture', {}).get('arch_kwargs', {}).get('strides')
+    total = int(np.prod([s[0] if isinstance(s, (list, tuple)) else s for s in strides])) if strides else 1
+    return int(conf['patch_size'][0]), int(conf.get('batch_size', 2)), total, checkpoint_variant(ck)
+
+def check_patch(patch:int, plan:tuple, path)->int:
+    "`patch` if the plan's network can take it, else a `UserError` naming the nearest valid sizes."
+    plan_p, _, stride, variant = plan
+    if variant == 'enc' and patch != plan_p:
+        raise UserError(f'{path}: UMambaEnc is built for its plan\'s patch size {plan_p}; --patch {patch} cannot be used — drop --patch or pass --patch {plan_p}')
+    ok = lambda p: p % stride == 0 and p // stride >= 2   # InstanceNorm needs more than one element at the bottleneck
+    if ok(patch): return patch
+    lo = max(2, patch // stride) * stride; near = sorted({lo, lo + stride} | ({lo - stride} if lo - stride >= 2 * stride else set()))
+    raise UserError(f"{path}: --patch {patch} does not fit the plan's network (total stride {stride}, so a multiple of {stride} "
+                    f"and at least {2 * stride}) — use e.g. --patch {' or '.join(map(str, near))} (the plan's own: {plan_p})")
 
 def pretrain_source(cfg:StudyConfig, out_dir=None, progress:bool=True)->Path:
     "Train the study network on the synthetic source task (water) and return its checkpoint (cached by configuration)."
@@ -494,6 +526,21 @@ def pretrain_source(cfg:StudyConfig, out_dir=None, progress:bool=True)->Path:
     Trainer(build_study_model(cfg, cfg.seed + 1000), src_train, src_val, tc, out, 'pretrain (water)',
             init_args=dict(model_args=cfg.model_args(), task='synthetic water')).fit()
     return final
+
+# %% ../nbs/10_finetune.ipynb #36411e69
+def _rule(cfg:StudyConfig, warmup:int)->dict:
+    return dict(freeze_warmup=warmup, freeze_threshold=cfg.freeze_threshold, freeze_reference=cfg.freeze_reference,
+                freeze_measure=cfg.freeze_measure)
+
+REGIMES = {  # name: StudyConfig -> TrainConfig settings of the regime
+    'scratch':       lambda cfg: _rule(cfg, 0),
+    'full':          lambda cfg: _rule(cfg, 0),
+    'freeze':        lambda cfg: _rule(cfg, cfg.freeze_warmup),   # the report's rule: tensors with small gradients
+    'freeze_prefix': lambda cfg: dict(_rule(cfg, cfg.freeze_warmup), freeze_modules=tuple(cfg.prefix_modules)),
+}
+
+def _short(keys:list, n:int=3)->str:
+    return ', '.join(keys[:n]) + (f', ... ({len(keys) - n} more)' if len(keys) > n else '') if keys else 'none'
 
 # %% ../nbs/10_finetune.ipynb #d01068e2
 def interleaved_step_times(models:dict, # {name: model}, each with its own trainable set
@@ -532,9 +579,20 @@ def run_finetune_study(out_dir, # report folder: one sub-folder per regime, resu
                        quick:bool=False, # the ~1-minute preset instead of the default (a few minutes on 2 cores)
                        roads=None, # Massachusetts Roads folder (either layout); None: the embedded generated data
                        pretrained=None, # nnU-Net checkpoint_final.pth to fine-tune; None: pretrain on the source task
-                       cfg:StudyConfig|None=None, progress:bool=True, figures:bool=True)->dict:
+                       cfg:StudyConfig|None=None, progress:bool=True, figures:bool=True,
+                       trust:bool=False, # read `pretrained` with the unsafe pickle loader (only for files you trust)
+                      )->dict:
     "Train the three regimes, measure Dice / loss / speed, draw figures 1 and 5; returns the results (also in results.json)."
     cfg = cfg or (StudyConfig.quick() if quick else StudyConfig.default())
+    bad = [r for r in cfg.regimes if r not in REGIMES]
+    if bad: raise UserError(f"unknown regime(s) {', '.join(bad)} — choose from {', '.join(REGIMES)}")
+    src_ck = None
+    if pretrained is not None:   # the plan decides the network, its patch and batch size (a user's patch is checked)
+        ck_path = Path(pretrained); _, src_ck = model_from_checkpoint(ck_path, trust=trust)
+        plan = plan_patch(src_ck)
+        if plan is not None:
+            cfg = replace(cfg, patch=plan[0] if 'patch' in cfg.from_plan else check_patch(cfg.patch, plan, ck_path),
+                          batch_size=plan[1] if 'batch_size' in cfg.from_plan else cfg.batch_size)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     rank, world = init_distributed()
     t_start = time.perf_counter()
@@ -556,20 +614,23 @@ def run_finetune_study(out_dir, # report folder: one sub-folder per regime, resu
         make_model = lambda seed: build_study_model(cfg, seed)
         source = 'the synthetic source task (water segmentation)'
     else:
-        ck_path = Path(pretrained)
-        make_model = lambda seed: (torch.manual_seed(seed), model_from_checkpoint(ck_path)[0])[1]
+        make_model = lambda seed: (torch.manual_seed(seed), model_from_checkpoint(ck_path, trust=trust)[0])[1]
         source = str(ck_path)
+    # what the output checkpoints carry: the arguments that rebuild the trained network (fed back as --pretrained)
+    net_args = (dict(model_args=cfg.model_args()) if src_ck is None else
+                {k: src_ck['init_args'][k] for k in ('plans', 'configuration', 'model_args') if k in src_ck['init_args']})
+    net_args['variant'] = 'bot' if src_ck is None else checkpoint_variant(src_ck)
     from ssm_explore.umamba import load_nnunet_checkpoint
     results, trainers = dict(config=asdict(cfg), data=data_desc, pretrained_from=source, world_size=world), {}
     for regime in cfg.regimes:
         model = make_model(cfg.seed)
-        if regime != 'scratch': load_nnunet_checkpoint(model, ck_path, strict='finetune', weights_only=False)
-        if regime not in ('scratch', 'full', 'freeze', 'freeze_prefix'): raise ValueError(f'unknown regime {regime!r}')
-        tc = cfg.train_config(progress=progress, freeze_warmup=cfg.freeze_warmup if regime.startswith('freeze') else 0,
-                              freeze_threshold=cfg.freeze_threshold, freeze_reference=cfg.freeze_reference,
-                              freeze_measure=cfg.freeze_measure,
-                              freeze_modules=tuple(cfg.prefix_modules) if regime == 'freeze_prefix' else ())
-        tr = Trainer(model, train, val_patches, tc, out/regime, regime, init_args=dict(model_args=cfg.model_args(), regime=regime))
+        if regime != 'scratch':
+            keys = load_nnunet_checkpoint(model, src_ck if src_ck is not None else read_checkpoint(ck_path), strict='finetune')
+            if progress and rank == 0 and regime == next(r for r in cfg.regimes if r != 'scratch'):
+                print(f"{regime}: loaded {len(keys['loaded'])} tensors from {ck_path}; re-initialised {len(keys['skipped'])} "
+                      f"(.seg_layers.: {_short(keys['skipped'])})")
+        tc = cfg.train_config(progress=progress, **REGIMES[regime](cfg))
+        tr = Trainer(model, train, val_patches, tc, out/regime, regime, init_args=dict(net_args, regime=regime))
         tr.fit(); trainers[regime] = tr
     if rank == 0:
         summ = {k: t.summary() for k, t in trainers.items()}
@@ -639,8 +700,11 @@ def figure1(run_dir, # a run folder with grad_norms.csv (the study uses full fin
         axs[1].plot(med.index, med.rolling(5, min_periods=1).mean(), color=col, label=f'{kind} (median)')
         axs[1].fill_between(med.index, lo.rolling(5, min_periods=1).mean(), hi.rolling(5, min_periods=1).mean(), color=col, alpha=0.15)
     if freeze_trainer is not None and freeze_trainer.warm:
-        cut = freeze_trainer.cfg.freeze_threshold*float(np.median(list(freeze_trainer.warm.values())))
-        axs[1].axhline(cut, color='k', ls='--', lw=1, label='freezing threshold')
+        c = freeze_trainer.cfg
+        _, cut = freeze_scores(freeze_trainer.warm, c.freeze_threshold, c.freeze_reference, c.freeze_measure,
+                               {n: p.numel() for n, p in freeze_trainer.model.named_parameters()})
+        if c.freeze_measure == 'norm':   # the cut is in gradient-norm units only for the per-tensor norm score
+            axs[1].axhline(cut, color='k', ls='--', lw=1, label=f'freezing threshold ({c.freeze_threshold:g} x {c.freeze_reference})')
     axs[1].set(yscale='log', xlabel='iteration', title='(b) per kind: median and 10–90% band')
     axs[1].legend(fontsize=7)
     fig.suptitle('Figure 1. Gradient norms during full fine-tuning', fontsize=10); fig.tight_layout()
@@ -693,43 +757,3 @@ def format_study(r:dict)->str:
                       f"{', '.join(f['no_grad_modules']) or 'none'}."]
     lines += ['', f"Total time {r['total_time']:.0f} s."]
     return '\n'.join(lines) + '\n'
-
-# %% ../nbs/10_finetune.ipynb #ed9e745a
-def finetune_cli(argv:list)->int:
-    "`ssm-explore finetune`: the three fine-tuning regimes, figures 1 and 5."
-    import argparse
-    p = argparse.ArgumentParser(prog='ssm-explore finetune', description='U-Mamba on roads: from scratch vs full fine-tuning vs gradient freezing.')
-    p.add_argument('--out', default='finetune_report', help='output folder (resumes the runs found there)')
-    p.add_argument('--quick', action='store_true', help='the ~1-minute version')
-    p.add_argument('--roads', help='Massachusetts Roads folder (original {train,valid,test}/{sat,map} or mirror tiff/ layout)')
-    p.add_argument('--pretrained', help="nnU-Net checkpoint_final.pth to fine-tune (default: pretrain on the synthetic source task)")
-    p.add_argument('--regimes', help='comma-separated subset of scratch,full,freeze,freeze_prefix')
-    p.add_argument('--epochs', type=int); p.add_argument('--iters', type=int, help='iterations per epoch')
-    p.add_argument('--warmup', type=int, help='warm-up iterations before freezing')
-    p.add_argument('--threshold', type=float, help='freeze below threshold x median gradient norm')
-    p.add_argument('--measure', choices=['norm', 'rms'], help='gradient score per tensor')
-    p.add_argument('--prefix', help="comma-separated module names frozen in 'freeze_prefix' (default encoder.stem,encoder.stages.0)")
-    p.add_argument('--patch', type=int); p.add_argument('--batch-size', type=int)
-    p.add_argument('--optimizer', choices=['sgd', 'adamw']); p.add_argument('--lr', type=float)
-    p.add_argument('--n-train', type=int, help='training tiles (generated, or read from --roads)')
-    p.add_argument('--seed', type=int)
-    p.add_argument('--threads', type=int, help='torch CPU threads (1 is fastest on a busy shared machine)')
-    p.add_argument('--device', choices=['cpu', 'cuda'], help='where to train (default cpu)')
-    p.add_argument('--no-progress', action='store_true')
-    a = p.parse_args(argv)
-    over = {k: v for k, v in dict(epochs=a.epochs, iters_per_epoch=a.iters, freeze_warmup=a.warmup, freeze_threshold=a.threshold,
-                                  freeze_measure=a.measure, patch=a.patch, batch_size=a.batch_size, optimizer=a.optimizer,
-                                  lr=a.lr, n_train=a.n_train, seed=a.seed, device=a.device).items() if v is not None}
-    if a.regimes: over['regimes'] = tuple(r.strip() for r in a.regimes.split(',') if r.strip())
-    if a.prefix: over['prefix_modules'] = tuple(m.strip() for m in a.prefix.split(',') if m.strip())
-    if a.threads: torch.set_num_threads(a.threads)
-    try:
-        if a.roads: from ssm_explore.roads import roads_layout; roads_layout(a.roads)
-        if a.pretrained and not Path(a.pretrained).is_file(): raise FileNotFoundError(f'--pretrained: no such file {a.pretrained}')
-        cfg = StudyConfig.quick(**over) if a.quick else StudyConfig.default(**over)
-        r = run_finetune_study(a.out, quick=a.quick, roads=a.roads, pretrained=a.pretrained, cfg=cfg, progress=not a.no_progress)
-    except TrainingDiverged as e: print(f'ssm-explore finetune: {e}', file=sys.stderr); return 3
-    except (FileNotFoundError, ValueError, KeyError) as e: print(f'ssm-explore finetune: error: {e}', file=sys.stderr); return 2
-    if _dist()[0] == 0:
-        print(format_study(r)); print(f"written to {Path(a.out).resolve()}: results.json, summary.md, " + ', '.join(Path(v).name for v in r.get('figures', {}).values()))
-    return 0

@@ -4,13 +4,13 @@
 
 # %% ../nbs/04_transforms.ipynb #eee44510
 from __future__ import annotations
-import argparse, contextlib, functools, math, os, time, warnings
+import contextlib, functools, math, os, time, warnings
 import numpy as np
-from .core import stable_seed
+from .core import stable_seed, UserError
 
 # %% auto #0
 __all__ = ['SEVERITIES', 'TRANSFORM_NAMES', 'REPORT_NAMES', 'transform_spec', 'transform_table', 'make_augmenter',
-           'apply_transform', 'plot_gallery', 'plot_severity_strips', 'bench_cli']
+           'apply_transform', 'plot_gallery', 'plot_severity_strips']
 
 # %% ../nbs/04_transforms.ipynb #c4296093
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -77,7 +77,7 @@ REPORT_NAMES = dict(zip(TRANSFORM_NAMES, ['Clean', 'Additive Gaussian Noise', 'A
 
 # %% ../nbs/04_transforms.ipynb #497c1831
 def _check(name:str, severity):
-    if name not in _REGISTRY: raise KeyError(f"unknown transform {name!r}; known: {', '.join(TRANSFORM_NAMES)}")
+    if name not in _REGISTRY: raise UserError(f"unknown transform {name!r} — choose one of: {', '.join(TRANSFORM_NAMES)}")
     if severity is None or severity == 0: return None
     if severity not in SEVERITIES: raise ValueError(f"severity must be None/0 (the report's configuration) or one of {SEVERITIES}, got {severity!r}")
     return int(severity)
@@ -189,102 +189,3 @@ def plot_severity_strips(img:np.ndarray, names=TRANSFORM_NAMES[1:], seed:int=0, 
     for r, n in enumerate(names): ax.text(-6, r * (h + gap) + h / 2, n, ha='right', va='center', fontsize=8)
     for c, s in enumerate(cols): ax.text(c * (w + gap) + w / 2, -4, 'report' if s is None else f's{s}', ha='center', va='bottom', fontsize=8)
     return fig
-
-# %% ../nbs/04_transforms.ipynb #93983c83
-def _bench_images(folder, n:int, seed:int=0):
-    "n synthetic ImageNet-sized JPEGs (500x375 crops of scikit-image photos) and their manifest."
-    import pandas as pd
-    from PIL import Image
-    from ssm_explore.data import sample_photos
-    photos = list(sample_photos().values()); rng = np.random.default_rng(seed); rows = []
-    for k in range(n):
-        a = photos[k % len(photos)]; im = Image.fromarray(a).resize((640, 480), Image.BICUBIC)
-        x, y = rng.integers(0, 140), rng.integers(0, 105)
-        im = im.crop((x, y, x + 500, y + 375))
-        if k % 2: im = im.transpose(Image.Transpose.ROTATE_90)  # portrait too
-        p = f'img{k:04d}.JPEG'; im.save(os.path.join(folder, p), quality=90)
-        rows.append((f'img{k:04d}', p, k % 10, f'class{k % 10}', ''))
-    return pd.DataFrame(rows, columns=['image_id', 'path', 'label', 'class_name', 'sha256'])
-
-def _loader_rate(ds, workers:int, batch_size:int=16)->float:
-    "Images/s of iterating `ds` through a DataLoader with `workers` processes (worker start-up excluded)."
-    import torch
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
-    it = iter(dl); next(it); t0 = time.perf_counter(); n = 0  # timed from the first batch on
-    for x, _, _ in it: n += len(x)
-    dt = time.perf_counter() - t0
-    return n / dt if n else float('nan')
-
-def _steps(m, root, name:str, k:int=8)->dict:
-    "Seconds per image of decode, geometry and transform (one process)."
-    from ssm_explore.data import load_image, common_geometry
-    t = dict(decode=0.0, geometry=0.0, transform=0.0)
-    apply_transform(common_geometry(load_image(os.path.join(root, m.path[0]))), name, image_id='warm-up')  # first-call costs
-    for i, p in enumerate(m.path[:k]):
-        t0 = time.perf_counter(); a = load_image(os.path.join(root, p)); t1 = time.perf_counter()
-        b = common_geometry(a); t2 = time.perf_counter(); apply_transform(b, name, image_id=str(i)); t3 = time.perf_counter()
-        t['decode'] += t1 - t0; t['geometry'] += t2 - t1; t['transform'] += t3 - t2
-    return {kk: v / k for kk, v in t.items()}
-
-def _model_rate(name:str, batch:int, reps:int)->tuple:
-    "(images/s, note) of a CPU forward of timm model `name` with random weights, or (nan, why) when unavailable."
-    import torch
-    try:
-        import timm
-        with contextlib.suppress(ImportError): import ssm_explore.vmamba  # registers vmamba_* with timm
-        model = timm.create_model(name, pretrained=False).eval()
-    except Exception as e: return float('nan'), f'{name} unavailable: {type(e).__name__}: {e}'
-    x = torch.randn(batch, 3, 224, 224)
-    with torch.inference_mode():
-        model(x); t0 = time.perf_counter()
-        for _ in range(reps): model(x)
-    return batch * reps / (time.perf_counter() - t0), f'{name}, batch {batch}, {torch.get_num_threads()} threads'
-
-def bench_cli(argv:list)->int:
-    "`ssm-explore bench transforms`: decode + geometry + transform images/s with 1 and 2 workers vs VMamba-B's CPU rate."
-    import tempfile, json
-    p = argparse.ArgumentParser(prog='ssm-explore bench transforms', description=bench_cli.__doc__)
-    p.add_argument('--quick', action='store_true', help='a few transforms and images, 1 worker (< 1 minute)')
-    p.add_argument('--n', type=int, default=None, help='images per measurement (default 96; quick 16)')
-    p.add_argument('--workers', type=int, nargs='+', default=None, help='worker counts (default 1 2; quick 1)')
-    p.add_argument('--transforms', nargs='+', default=None, help='names (default all 21)')
-    p.add_argument('--model', default='vmamba_base', help="model whose CPU rate is the reference ('none' to skip)")
-    p.add_argument('--target', type=float, default=2.0, help='required pipeline rate / model rate')
-    p.add_argument('--out', default=None, help='also write the results as JSON here')
-    a = p.parse_args(argv)
-    names = a.transforms or (['clean', 'piecewise_affine', 'salt'] if a.quick else list(TRANSFORM_NAMES))
-    for n in names: _check(n, None)
-    n_img = a.n or (16 if a.quick else 96); workers = a.workers or ([1] if a.quick else [1, 2])
-    from ssm_explore.data import TransformedImageDataset
-    res = dict(n_images=n_img, workers=workers, cpu_count=os.cpu_count(), rows=[])
-    if a.model != 'none':
-        rate, note = _model_rate(a.model, 1 if a.quick else 4, 1 if a.quick else 2)
-        res.update(model=a.model, model_rate=rate, model_note=note)
-        print(f'reference: {note}: {rate:.2f} images/s' if rate == rate else f'reference: {note}')
-    mr = res.get('model_rate', float('nan'))
-    with tempfile.TemporaryDirectory() as d:
-        m = _bench_images(d, n_img)
-        hdr = f"{'transform':<24}" + ''.join(f'{f"{w} worker img/s":>17}' for w in workers) + \
-              f"{'decode ms':>11}{'geometry ms':>13}{'transform ms':>14}" + (f"{'best/model':>12}" if mr == mr else '')
-        print(hdr); print('-' * len(hdr))
-        for n in names:
-            rates = {w: _loader_rate(TransformedImageDataset(m, n, None, geometry=(256, 224), root=d), w, max(1, min(16, n_img // 4))) for w in workers}
-            st = _steps(m, d, n, 4 if a.quick else 8)
-            row = dict(transform=n, **{f'rate_w{w}': r for w, r in rates.items()}, **{f'{k}_ms': v * 1e3 for k, v in st.items()})
-            best = max(rates.values()); row['ratio'] = best / mr if mr == mr else None
-            res['rows'].append(row)
-            print(f'{n:<24}' + ''.join(f'{r:>17.1f}' for r in rates.values()) +
-                  f"{row['decode_ms']:>11.1f}{row['geometry_ms']:>13.1f}{row['transform_ms']:>14.1f}" +
-                  (f"{row['ratio']:>11.1f}x" if mr == mr else ''))
-    if mr == mr:
-        miss = [r for r in res['rows'] if not r['ratio'] >= a.target]  # nan (not measured) counts as a miss
-        print(f'\ntarget: pipeline >= {a.target:g}x the reference model rate ({a.target * mr:.1f} images/s)')
-        for r in miss:
-            slow = max(('decode', 'geometry', 'transform'), key=lambda k: r[f'{k}_ms'])
-            print(f"  MISSES: {r['transform']} ({r['ratio']:.1f}x): slowest step {slow} "
-                  f"({r[f'{slow}_ms']:.0f} ms of {r['decode_ms'] + r['geometry_ms'] + r['transform_ms']:.0f} ms per image)")
-        if not miss: print('  every transform meets it')
-    if a.out:
-        from ssm_explore.core import save_json
-        save_json(res, a.out)
-    return 0

@@ -15,8 +15,7 @@ from .mamba import Mamba, set_scan_backend
 # %% auto #0
 __all__ = ['ConvNormAct', 'PlainResBlock', 'ResBlock', 'Upsample', 'MambaLayer', 'ResidualEncoder', 'ResidualDecoder',
            'UMambaBot', 'UMambaEnc', 'plans_configuration', 'umamba_from_plans', 'roads_plans', 'small_plans',
-           'umamba_bot_small', 'umamba_enc_small', 'checkpoint_state_dict', 'load_nnunet_checkpoint', 'bench_umamba',
-           'bench_cli']
+           'umamba_bot_small', 'umamba_enc_small', 'checkpoint_state_dict', 'load_nnunet_checkpoint']
 
 # %% ../nbs/08_umamba.ipynb #08262ebf
 def _pair(v)->list:
@@ -445,77 +444,3 @@ def load_nnunet_checkpoint(model:nn.Module, # the network to load into
     use = {k: v for k, v in sd.items() if k in own and not skip(k)}
     model.load_state_dict({**own, **use}, strict=True)
     return {'loaded': sorted(use), 'skipped': sorted(k for k in own if skip(k)), 'ignored': sorted(k for k in sd if k not in own)}
-
-# %% ../nbs/08_umamba.ipynb #e76cfec8
-def _train_step(net:nn.Module, opt, x:torch.Tensor, y:torch.Tensor):
-    outs = net(x)
-    outs = outs if isinstance(outs, list) else [outs]
-    ws = [1 / 2 ** i for i in range(len(outs))]
-    loss = sum(w * F.cross_entropy(o, F.interpolate(y[:, None].float(), size=o.shape[2:], mode='nearest')[:, 0].long())
-               for w, o in zip(ws, outs)) / sum(ws)
-    opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    return loss.item()
-
-def _timed(fn)->tuple[float, float]:
-    "(wall seconds, process CPU seconds) of one call."
-    w, c = time.perf_counter(), time.process_time(); fn()
-    return time.perf_counter() - w, time.process_time() - c
-
-def bench_umamba(size:int=256, batch:int=2, features=(64, 128, 256, 512), repeats:int=3, seed:int=0)->dict:
-    "Seconds per training step of UMambaBot with the fast vs the reference scan, and of its Mamba layer alone."
-    n = len(features)
-    torch.manual_seed(seed)
-    net = UMambaBot(3, n, list(features), nn.Conv2d, 3, [1] + [2] * (n - 1), 2, 2, 2, conv_bias=True, deep_supervision=True)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.99, nesterov=True)
-    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 2, (batch, size, size))
-    side = size // 2 ** (n - 1)
-    feat = torch.randn(batch, features[-1], side, side)
-    layer_step = lambda: net.mamba_layer(feat).square().mean().backward()
-    step = lambda: _train_step(net, opt, x, y)
-    res = dict(size=size, batch=batch, features=list(features), tokens=side * side, d_inner=2 * features[-1],
-               threads=torch.get_num_threads(), params=sum(p.numel() for p in net.parameters()), repeats=repeats)
-    step()  # warm-up (allocator, thread pool)
-    times = {k: [] for k in ('step_torch', 'step_ref', 'mamba_torch', 'mamba_ref')}
-    for _ in range(repeats):  # interleaved, so that a change of load on a shared machine hits both alike
-        for backend in ('torch', 'ref'):
-            set_scan_backend(net, backend)
-            times[f'step_{backend}'].append(_timed(step))
-            times[f'mamba_{backend}'].append(_timed(layer_step))
-    set_scan_backend(net, 'auto')
-    for k, v in times.items():
-        res[k] = sorted(w for w, _ in v)[len(v) // 2]          # wall seconds, median
-        res[k + '_cpu'] = sorted(c for _, c in v)[len(v) // 2]  # process CPU seconds, median
-    for sfx in ('', '_cpu'):
-        res['ratio' + sfx] = res['step_ref' + sfx] / res['step_torch' + sfx]
-        res['rest' + sfx] = max(res['step_torch' + sfx] - res['mamba_torch' + sfx], 1e-9)
-        res['ratio_bound' + sfx] = res['step_ref' + sfx] / res['rest' + sfx]
-    return res
-
-def bench_cli(argv:list)->int:
-    "`ssm-explore bench umamba [--quick]`: UMambaBot training step on CPU, fast scan vs sequential reference scan."
-    import argparse
-    p = argparse.ArgumentParser(prog='ssm-explore bench umamba', description=bench_cli.__doc__)
-    p.add_argument('--quick', action='store_true', help='small version (128x128, batch 1, narrow network), < 1 minute')
-    p.add_argument('--size', type=int, default=256); p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--features', type=int, nargs='+', default=[64, 128, 256, 512])
-    p.add_argument('--repeats', type=int, default=3, help='interleaved repeats per scan (median reported)')
-    p.add_argument('--threads', type=int, default=None)
-    p.add_argument('--json', type=Path, default=None, help='also write the results to this JSON file')
-    a = p.parse_args(argv)
-    if a.threads: torch.set_num_threads(a.threads)
-    if a.quick: a.size, a.batch, a.features, a.repeats = 128, 1, [16, 32, 64, 128], 2
-    r = bench_umamba(a.size, a.batch, tuple(a.features), a.repeats)
-    print(f"UMambaBot training step on CPU ({r['threads']} threads): {r['batch']}x3x{r['size']}x{r['size']}, features {r['features']}, "
-          f"{r['params']:,} parameters; Mamba layer: L = {r['tokens']}, d_inner = {r['d_inner']}, N = 16")
-    print(f"medians of {r['repeats']} interleaved repeats; wall seconds and process CPU seconds (CPU time is steadier on a shared machine)")
-    print(f"{'scan':<11}{'train step wall':>16}{'cpu':>9}{'Mamba layer fwd+bwd wall':>26}{'cpu':>9}")
-    for b, name in (('torch', 'fast'), ('ref', 'reference')):
-        print(f"{name:<11}{r['step_' + b]:>16.3f}{r['step_' + b + '_cpu']:>9.3f}{r['mamba_' + b]:>26.3f}{r['mamba_' + b + '_cpu']:>9.3f}")
-    print(f"speed-up of the training step: {r['ratio']:.2f}x wall, {r['ratio_cpu']:.2f}x CPU (target >= 5x); "
-          f"Mamba layer alone: {r['mamba_ref'] / r['mamba_torch']:.2f}x wall, {r['mamba_ref_cpu'] / r['mamba_torch_cpu']:.2f}x CPU")
-    print(f"the rest of the step (convolutions, loss, optimiser: the same with either scan) takes {r['rest_cpu']:.3f} CPU s, "
-          f"so even a free scan could not exceed {r['ratio_bound_cpu']:.1f}x here")
-    if a.json:
-        from ssm_explore.core import save_json
-        save_json(r, a.json)
-    return 0

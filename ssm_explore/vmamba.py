@@ -22,13 +22,19 @@ from .scan import selective_scan_fn
 __all__ = ['RELEASE_URL', 'VARIANTS', 'default_cfgs', 'Linear2d', 'LayerNorm2d', 'cross_scan', 'cross_merge', 'SS2D', 'Mlp',
            'VSSBlock', 'patch_embed', 'downsample', 'VSSStage', 'VSSM', 'vmamba_tiny', 'vmamba_small', 'vmamba_base',
            'test_vmamba', 'CheckpointMismatch', 'read_checkpoint', 'unwrap_checkpoint', 'describe_state_dict',
-           'checkpoint_filter_fn', 'load_checkpoint', 'bench_vmamba', 'bench_cli']
+           'checkpoint_filter_fn', 'load_checkpoint']
 
 # %% ../nbs/03_vmamba.ipynb #9848acaf
 class Linear2d(nn.Linear):
     "1x1 convolution holding a linear-layer weight `(out, in)`. x: (B, in, H, W) -> (B, out, H, W), channels-last"
     def forward(self, x:torch.Tensor)->torch.Tensor:
         return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # some exports store the 1x1 weight as a conv weight (out, in, 1, 1): accept it in any loader (timm's too)
+        w = state_dict.get(prefix + 'weight')
+        if w is not None and w.dim() == 4 and w.shape[2:] == (1, 1): state_dict[prefix + 'weight'] = w.flatten(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 class LayerNorm2d(nn.LayerNorm):
     "LayerNorm over the channels of each pixel. x: (B, C, H, W) -> (B, C, H, W), channels-last"
@@ -439,89 +445,3 @@ def load_checkpoint(model:VSSM, checkpoint, use_ema:bool=False)->VSSM:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected and set(missing) <= _HEAD_KEYS, (missing, unexpected)
     return model
-
-# %% ../nbs/03_vmamba.ipynb #d7e117c4
-_BENCH_MODELS = 'vmamba_base,swin_base_patch4_window7_224,convnext_base'
-
-def _rss_kib(field:str='VmRSS')->int|None:
-    try:
-        for line in open('/proc/self/status'):
-            if line.startswith(field + ':'): return int(line.split()[1])
-    except OSError: return None
-
-def _memory_probe(name:str, batch:int, size:int, threads:int)->dict:
-    "Run one forward of timm model `name` in this (fresh) process; peak RSS in MiB. Linux /proc only."
-    import timm
-    torch.set_num_threads(threads)
-    model = timm.create_model(name).eval()
-    x = torch.randn(batch, 3, size, size)
-    try: open('/proc/self/clear_refs', 'w').write('5')        # reset the peak (VmHWM) to the current RSS
-    except OSError: pass
-    before = _rss_kib()
-    with torch.inference_mode(): model(x)
-    peak = _rss_kib('VmHWM')
-    return dict(peak_mib=peak / 1024 if peak else None,
-                forward_mib=(peak - before) / 1024 if peak and before else None)
-
-def _probe_in_child(name, batch, size, threads)->dict:
-    import json, subprocess, sys
-    code = (f"import json; from ssm_explore.vmamba import _memory_probe; "
-            f"print(json.dumps(_memory_probe({name!r}, {batch}, {size}, {threads})))")
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    if r.returncode: return dict(error=r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f'exit {r.returncode}')
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-def bench_vmamba(models:str=_BENCH_MODELS, batch:int=8, size:int=224, rounds:int=5, threads:int|None=None,
-                 memory:bool=True)->list:
-    "Side-by-side CPU inference throughput (and peak memory) of timm models; one dict per model."
-    import statistics, time, timm
-    if threads: torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    names = [n.strip() for n in models.split(',') if n.strip()]
-    nets = {n: timm.create_model(n).eval() for n in names}
-    x = torch.randn(batch, 3, size, size)
-    times = {n: [] for n in names}
-    with torch.inference_mode():
-        for n in names: nets[n](x)                                     # warm-up
-        for r in range(rounds):
-            for n in (names[r % len(names):] + names[:r % len(names)]):  # rotate the order every round
-                t0 = time.perf_counter(); nets[n](x); times[n].append(time.perf_counter() - t0)
-    rows = []
-    for n in names:
-        med = statistics.median(times[n])
-        rows.append(dict(model=n, params_m=sum(p.numel() for p in nets[n].parameters()) / 1e6, batch=batch, size=size,
-                         threads=threads, ms_per_batch=1000 * med, img_per_s=batch / med))
-    del nets
-    if memory:
-        for row in rows: row.update(_probe_in_child(row['model'], batch, size, threads))
-    return rows
-
-def bench_cli(argv:list)->int:
-    "`ssm-explore bench vmamba [--quick]`: CPU images/s and peak memory, VMamba-B vs Swin-B vs ConvNeXt-B."
-    import argparse, json, platform
-    p = argparse.ArgumentParser(prog='ssm-explore bench vmamba',
-                                description='CPU inference of VMamba-B vs Swin-B vs ConvNeXt-B, side by side in one run.')
-    p.add_argument('--quick', action='store_true', help='batch 1, 2 rounds, no memory probes (< 1 minute)')
-    p.add_argument('--batch', type=int, default=None, help='images per forward (default 8; 1 with --quick)')
-    p.add_argument('--size', type=int, default=224, help='image side')
-    p.add_argument('--rounds', type=int, default=None, help='timed forwards per model (default 5; 2 with --quick)')
-    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch.get_num_threads())')
-    p.add_argument('--models', default=_BENCH_MODELS, help='comma-separated timm names; the first is compared to the others')
-    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory child processes')
-    p.add_argument('--json', default=None, help='also write the rows to this JSON file')
-    a = p.parse_args(argv)
-    batch, rounds = a.batch or (1 if a.quick else 8), a.rounds or (2 if a.quick else 5)
-    rows = bench_vmamba(a.models, batch, a.size, rounds, a.threads, memory=not (a.no_memory or a.quick))
-    print(f"CPU inference, batch {batch}, {a.size}x{a.size}, {rows[0]['threads']} threads, {rounds} rounds "
-          f"(median), {platform.processor() or platform.machine()}; scan backend: torch")
-    print(f"{'model':34s} {'params':>8s} {'ms/batch':>9s} {'img/s':>7s} {'peak MiB':>9s} {'fwd MiB':>8s}")
-    for r in rows:
-        mem = (f"{r['peak_mib']:9.0f} {r['forward_mib']:8.0f}" if r.get('peak_mib') else f"{'-':>9s} {'-':>8s}")
-        print(f"{r['model']:34s} {r['params_m']:7.1f}M {r['ms_per_batch']:9.0f} {r['img_per_s']:7.2f} {mem}")
-    first = rows[0]
-    for r in rows[1:]:
-        print(f"ratio {first['model']} / {r['model']}: {first['img_per_s'] / r['img_per_s']:.2f}x images/s")
-    if a.json:
-        from ssm_explore.core import save_json
-        save_json(rows, a.json)
-    return 0

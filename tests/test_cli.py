@@ -24,3 +24,46 @@ def test_import_is_silent_and_does_not_need_cuda_packages():
     r = subprocess.run([sys.executable, '-c', 'import ssm_explore, ssm_explore.core, ssm_explore.cli'],
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == '' and r.stderr == ''
+
+
+def _import_graph():
+    "module -> set of ssm_explore modules it imports (top level and inside functions)."
+    import ast, pathlib
+    root = pathlib.Path(__file__).parent.parent/'ssm_explore'
+    mods = {('ssm_explore.' + '.'.join(p.relative_to(root).with_suffix('').parts)).removesuffix('.__init__'): p
+            for p in root.rglob('*.py') if p.name != '_modidx.py'}
+    graph = {}
+    for m, p in mods.items():
+        deps, pkg = set(), m if p.name == '__init__.py' else m.rsplit('.', 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import): names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ''
+                if node.level: base = '.'.join(pkg.split('.')[:len(pkg.split('.')) - node.level + 1] + ([base] if base else []))
+                names = [base] + [f'{base}.{a.name}' for a in node.names]
+            else: continue
+            deps |= {n for n in names if n in mods and n != m}
+        graph[m] = deps
+    return graph
+
+
+def test_import_graph_has_no_circle_and_commands_sit_on_top():
+    graph = _import_graph()
+    state = {}
+    def visit(m, path):
+        if state.get(m) == 'done': return
+        assert state.get(m) != 'open', 'import circle: ' + ' -> '.join(path + [m])
+        state[m] = 'open'
+        for d in sorted(graph[m]): visit(d, path + [m])
+        state[m] = 'done'
+    for m in sorted(graph): visit(m, [])
+    command_layer = {m for m in graph if m.startswith('ssm_explore.commands') or m == 'ssm_explore.cli'}
+    for m in set(graph) - command_layer:
+        assert not graph[m] & command_layer, f'library module {m} imports the command layer: {graph[m] & command_layer}'
+
+
+def test_no_library_module_below_the_command_layer_uses_argparse():
+    import pathlib
+    root = pathlib.Path(__file__).parent.parent/'ssm_explore'
+    users = [p.name for p in root.glob('*.py') if p.name not in ('cli.py', '_modidx.py') and 'argparse' in p.read_text()]
+    assert users == [], users

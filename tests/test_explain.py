@@ -3,7 +3,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 import numpy as np, pandas as pd, pytest, torch, timm
 from ssm_explore.evaluate import Normalized
-from ssm_explore.explain import (explain_maps, route_maps, road_scores, random_maps, run_explain_study, explain_cli,
+from ssm_explore.commands.explain import explain_cli
+from ssm_explore.explain import (explain_maps, route_maps, road_scores, random_maps, run_explain_study,
                                  predict_images, METHODS, target_layer)
 
 SIZE = 64
@@ -124,7 +125,8 @@ def test_cli_real_mode_on_a_fake_imagenet(tmp_path, capsys):
     assert rc == 0
     assert (out/'figures'/'figure4_evidence.png').exists() and (out/'figures'/'figure3_learned_features.png').exists()
     assert 'report section' in capsys.readouterr().out
-    with pytest.raises(SystemExit, match='no weights for'):
+    from ssm_explore.core import UserError
+    with pytest.raises(UserError, match='no weights for'):
         explain_cli(['--imagenet', str(root), '--models', 'convnext_atto', '--out', str(out)])
     with pytest.raises(SystemExit):
         explain_cli(['--methods', 'nonsense'])

@@ -1,8 +1,11 @@
 "The fine-tuning trainer: freezing semantics, resume across the freeze, NaN guard, DDP with 2 gloo processes, the study."
 import copy, json, os, subprocess, sys, textwrap
+from ssm_explore.checkpoint import read_checkpoint
 import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from pathlib import Path
 from ssm_explore.finetune import *
+from ssm_explore.commands.finetune import finetune_cli
+from ssm_explore.commands.base import run_command
 from ssm_explore.roads import synthetic_split, sample_batch
 from ssm_explore.umamba import umamba_bot_small
 
@@ -56,12 +59,13 @@ def test_resume_across_the_freeze_continues_the_same_curve(tmp_path, data):
     fa, fb = json.loads((tmp_path/'a'/'frozen.json').read_text()), json.loads((tmp_path/'b'/'frozen.json').read_text())
     assert fa['frozen'] == fb['frozen'] and fa['n_frozen'] > 0
     assert a['n_trainable'] < a['n_params'] and a['n_trainable'] == b['n_trainable']
-    wa = torch.load(tmp_path/'a'/'checkpoint_final.pth', weights_only=False)['network_weights']
-    wb = torch.load(tmp_path/'b'/'checkpoint_final.pth', weights_only=False)['network_weights']
+    wa = read_checkpoint(tmp_path/'a'/'checkpoint_final.pth')['network_weights']
+    wb = read_checkpoint(tmp_path/'b'/'checkpoint_final.pth')['network_weights']
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # frozen tensors did not move after the freeze, trainable ones did
-    ck = torch.load(tmp_path/'a'/'checkpoint_latest.pth', weights_only=False)
+    ck = read_checkpoint(tmp_path/'a'/'checkpoint_final.pth')
     assert ck['frozen'] == fa['frozen'] and ck['current_epoch'] == 3
+    assert sorted(p.name for p in (tmp_path/'a').glob('*.pth')) == ['checkpoint_best.pth', 'checkpoint_final.pth']   # as nnU-Net
     with pytest.raises(ValueError, match='another configuration .*batch_size: 2 -> 3'):   # no silent mix of two recipes
         Trainer(_net(), tr, va, _cfg(batch_size=3), tmp_path/'a', 'a').fit()
 
@@ -71,11 +75,11 @@ def test_nan_guard_on_gradients_keeps_last_good_checkpoint(tmp_path, data):
     net = _net()
     t = Trainer(net, tr, va, _cfg(freeze_warmup=0), tmp_path, 'nan')
     t.fit(stop_after=1)
-    good = torch.load(tmp_path/'checkpoint_latest.pth', weights_only=False)
+    good = read_checkpoint(tmp_path/'checkpoint_latest.pth')
     net.decoder.seg_layers[-1].weight.register_hook(lambda g: g*float('inf'))
     with pytest.raises(TrainingDiverged, match=r'non-finite gradient norm .* epoch 1, iteration 0'):
         Trainer(net, tr, va, _cfg(freeze_warmup=0), tmp_path, 'nan').fit()
-    after = torch.load(tmp_path/'checkpoint_latest.pth', weights_only=False)
+    after = read_checkpoint(tmp_path/'checkpoint_latest.pth')
     assert after['current_epoch'] == good['current_epoch'] == 1
     assert all(torch.equal(after['network_weights'][k], good['network_weights'][k]) for k in good['network_weights'])
 
@@ -147,13 +151,14 @@ def test_study_end_to_end_tiny(tmp_path, monkeypatch):
     r2 = run_finetune_study(out, cfg=cfg, progress=False, figures=False)
     assert {k: s['final_dice'] for k, s in r2['regimes'].items()} == {k: s['final_dice'] for k, s in r['regimes'].items()}
     # the fine-tuning regimes started from the pretrained weights (everything but the heads), scratch did not
-    pre = torch.load(next((tmp_path/'cache'/'finetune'/'pretrained').iterdir())/'checkpoint_final.pth', weights_only=False)
+    from ssm_explore.checkpoint import read_checkpoint
+    pre = read_checkpoint(next((tmp_path/'cache'/'finetune'/'pretrained').iterdir())/'checkpoint_final.pth')   # no unsafe loader needed
     assert pre['init_args']['model_args']['n_stages'] == 3
 
 
 def test_cli_errors(tmp_path):
-    assert finetune_cli(['--out', str(tmp_path), '--pretrained', str(tmp_path/'missing.pth')]) == 2
-    assert finetune_cli(['--out', str(tmp_path), '--roads', str(tmp_path)]) == 2
+    assert run_command('finetune', finetune_cli, ['--out', str(tmp_path), '--pretrained', str(tmp_path/'missing.pth')]) == 2
+    assert run_command('finetune', finetune_cli, ['--out', str(tmp_path), '--roads', str(tmp_path)]) == 2
 
 
 def test_real_data_paths_roads_folder_and_pretrained_file(tmp_path, monkeypatch):

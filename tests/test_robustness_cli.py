@@ -5,7 +5,7 @@ import pandas as pd, pytest, timm, torch
 from ssm_explore.data import _fake_imagenet
 
 def _cli(*args):
-    return subprocess.run([sys.executable, '-m', 'ssm_explore.evaluate', *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, '-m', 'ssm_explore.commands.robustness', *map(str, args)], capture_output=True, text=True, timeout=600)
 
 @pytest.fixture(scope='module')
 def fake(tmp_path_factory):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest, torch
 import torch.nn as nn
 from ssm_explore.umamba import (UMambaBot, UMambaEnc, MambaLayer, umamba_from_plans, roads_plans, small_plans,
-                                umamba_bot_small, umamba_enc_small, load_nnunet_checkpoint, checkpoint_state_dict, bench_cli)
+                                umamba_bot_small, umamba_enc_small, load_nnunet_checkpoint, checkpoint_state_dict)
+from ssm_explore.commands.bench import bench_umamba_cli as bench_cli
 
 DATA = Path(__file__).parent / 'data'
 

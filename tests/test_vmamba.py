@@ -213,10 +213,11 @@ def test_timm_surface():
 
 
 def test_bench_cli_runs(capsys):
-    assert V.bench_cli(['--models', 'test_vmamba,test_convnext', '--batch', '1', '--size', '64', '--rounds', '1',
+    from ssm_explore.commands.bench import bench_vmamba_cli, _memory_probe
+    assert bench_vmamba_cli(['--models', 'test_vmamba,test_convnext', '--batch', '1', '--size', '64', '--rounds', '1',
                         '--no-memory']) == 0
     out = capsys.readouterr().out
     assert 'ratio test_vmamba / test_convnext' in out and 'peak MiB' in out
-    mem = V._memory_probe('test_vmamba', 2, 64, 1)          # what each child process of the full benchmark runs
+    mem = _memory_probe('test_vmamba', 2, 64, 1)          # what each child process of the full benchmark runs
     # resident-memory growth can dip slightly below zero when pages are returned during the forward
     if Path('/proc/self/status').exists(): assert mem['peak_mib'] > 0 and mem['forward_mib'] > -1.0
