@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['UserError', 'backend_status', 'has_backend', 'require_backend', 'env_info', 'default_device', 'format_env_info',
            'seed_everything', 'stable_seed', 'cache_dir', 'sha256_file', 'atomic_write', 'save_json', 'load_json',
-           'torch_save_atomic', 'markdown_table']
+           'markdown_table']
 
 # %% ../nbs/00_core.ipynb #320544cd
 class UserError(ValueError):
@@ -139,10 +139,6 @@ def load_json(path):
     try: return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e: raise UserError(f"{path}: not valid JSON ({e}) — the file is damaged; delete it to start that part afresh") from None
 
-def torch_save_atomic(obj, path):
-    "`torch.save` to `path` atomically."
-    import torch
-    with atomic_write(path, 'wb') as f: torch.save(obj, f)
 
 # %% ../nbs/00_core.ipynb #608b0e97
 def markdown_table(df, # a pandas DataFrame

@@ -252,7 +252,7 @@ def verify_images(manifest:pd.DataFrame, root=None, # folder the manifest's path
             if old and sha != old: raise ImageDecodeError(f'{f}: checksum {sha[:12]}… differs from the manifest ({old[:12]}…)')
             shas.append(sha); errors.append('')
         except (OSError, ValueError) as e:
-            if not skip_bad: raise
+            if not skip_bad: raise ImageDecodeError(f'{e} — fix or remove the file, or skip unreadable images (--skip-bad-files / skip_bad=True)') from None
             shas.append(old or ''); errors.append(str(e))
     m['sha256'] = shas
     if skip_bad or 'error' in m: m['error'] = errors
@@ -285,6 +285,7 @@ def _replace_bad(m:pd.DataFrame, full:pd.DataFrame, per_class:int, seed:int, roo
             if r.error.iloc[0] == '': got.append(r)
         keep += got
         if len(got) < need: short.append(f'class {label}: {len(got)} of {need}')
+    if not sum(len(k) for k in keep): raise UserError(f'{root}: none of the {len(m)} sampled images could be read (e.g. {bad.path.iloc[0]}: {bad.error.iloc[0]}) — check the ImageNet copy')
     out = pd.concat(keep).sort_values(['label', 'image_id']).reset_index(drop=True)
     out['error'] = ''
     names = ', '.join(bad.path.head(5))

@@ -90,7 +90,10 @@ def create_model(name:str, # timm model name, optionally with a weights tag (`co
     ck = read_checkpoint(checkpoint, trust=trust)
     sd, key = state_dict_of(ck, ema=ema, source=str(checkpoint))
     fn = _filter_fn(model)
-    if fn is not None: sd = fn(sd, model)
+    if fn is not None:
+        try: sd = fn(sd, model)
+        except UserError as e: raise UserError(f'{checkpoint}: {e} — is this the file of {name}? Check --checkpoint {name}=FILE') from None
+        except (KeyError, IndexError, RuntimeError, ValueError): pass   # a layout the filter cannot map: the strict load names the keys
     try: model.load_state_dict(sd, strict=True)
     except RuntimeError as e: raise _fit_error(checkpoint, name, e) from None
     info = dict(checkpoint_info(checkpoint, ck, key), ema=ema)
@@ -408,7 +411,7 @@ def describe_model(name:str, loaded:dict|str|Path|None=None, # `create_model(...
     "Model entry of run.json: name, checkpoint file, SHA-256, which weights ('model' / 'model_ema'), parameter count."
     if loaded is not None and not isinstance(loaded, dict): loaded = dict(path=str(Path(loaded).resolve()), sha256=sha256_file(loaded))
     d = dict(name=name, checkpoint=loaded['path'] if loaded else None, checkpoint_sha256=loaded['sha256'] if loaded else None,
-             weights=loaded.get('key') if loaded else None, ema=loaded.get('ema', False) if loaded else None)
+             weights=loaded.get('state_dict_key') if loaded else None, ema=loaded.get('ema', False) if loaded else None)
     if model is not None: d['params'] = sum(p.numel() for p in model.parameters())
     return d
 

@@ -8,9 +8,9 @@ import contextlib, copy, csv, json, math, os, sys, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-from .core import (atomic_write, save_json, load_json, torch_save_atomic, stable_seed, seed_everything,
+from .core import (atomic_write, save_json, load_json, stable_seed, seed_everything,
                               cache_dir, env_info, UserError)
-from .checkpoint import read_checkpoint
+from .checkpoint import read_checkpoint, save_checkpoint
 from .roads import (SegmentationData, sample_batch, fixed_patches, Augment, sliding_window_predict,
                                synthetic_split)
 
@@ -253,7 +253,7 @@ class Trainer:
                     iterations=list(self.iters), gradlog=list(self.gradlog), wall_time=self.wall)
 
     def save(self, which:str='latest'):
-        if self.rank == 0: torch_save_atomic(self.state(), self.path[which])
+        if self.rank == 0: save_checkpoint(self.state(), self.path[which])
 
     def load(self, path):
         "Restore a checkpoint written by `save` (weights, optimizer, logs, freezing) to continue training."
@@ -330,7 +330,9 @@ class Trainer:
         "Train to `cfg.epochs` (continuing from `checkpoint_latest.pth` when `resume`); returns `summary()`."
         c = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        if resume and self.path['latest'].exists(): self.load(self.path['latest'])
+        if resume:   # continue from the latest checkpoint, or see from the final one that training is done
+            last = next((self.path[k] for k in ('latest', 'final') if self.path[k].exists()), None)
+            if last is not None: self.load(last)
         self.model.train()
         done_here = 0
         while self.epoch < c.epochs:
@@ -494,12 +496,12 @@ def checkpoint_variant(ck:dict)->str:
 
 def plan_patch(ck:dict)->tuple|None:
     "(patch size, batch size, total stride, variant) of the plan in a checkpoint's `init_args`, or None for the project's own files."
-    from ssm_explore.umamba import plans_configuration
+    from ssm_explore.umamba import plans_configuration, _arch_from_conf
     ia = ck.get('init_args') or {}
     if 'plans' not in ia: return None
     conf = plans_configuration(ia['plans'], ia['configuration'])
-    strides = conf.get('strides') or conf.get('architecture', {}).get('arch_kwargs', {}).get('strides')
-    total = int(np.prod([s[0] if isinstance(s, (list, tuple)) else s for s in strides])) if strides else 1
+    strides = _arch_from_conf(conf, 'plan')['strides']
+    total = int(np.prod([s[0] if isinstance(s, (list, tuple)) else s for s in strides]))
     return int(conf['patch_size'][0]), int(conf.get('batch_size', 2)), total, checkpoint_variant(ck)
 
 def check_patch(patch:int, plan:tuple, path)->int:
@@ -626,7 +628,7 @@ def run_finetune_study(out_dir, # report folder: one sub-folder per regime, resu
         model = make_model(cfg.seed)
         if regime != 'scratch':
             keys = load_nnunet_checkpoint(model, src_ck if src_ck is not None else read_checkpoint(ck_path), strict='finetune')
-            if progress and rank == 0 and regime == next(r for r in cfg.regimes if r != 'scratch'):
+            if rank == 0 and regime == next(r for r in cfg.regimes if r != 'scratch'):   # as nnU-Net logs it
                 print(f"{regime}: loaded {len(keys['loaded'])} tensors from {ck_path}; re-initialised {len(keys['skipped'])} "
                       f"(.seg_layers.: {_short(keys['skipped'])})")
         tc = cfg.train_config(progress=progress, **REGIMES[regime](cfg))

@@ -8,7 +8,8 @@ import contextlib, hashlib, json, math, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
-from .core import cache_dir, save_json, load_json, torch_save_atomic, seed_everything
+from .core import cache_dir, save_json, load_json, seed_everything
+from .checkpoint import read_checkpoint, save_checkpoint
 from .evaluate import (Normalized, evaluate, severity_plan, prepare_run, describe_model, summarize_run,
                                   load_results)
 
@@ -134,7 +135,7 @@ def train_mini_models(cfg:MiniStudyConfig, progress:bool=True)->dict:
         ck, meta = cdir/f'{name}.pth', cdir/f'{name}.json'
         model = create_mini_model(name, num_classes, cfg.image_size)
         if ck.exists() and meta.exists():
-            model.load_state_dict(torch.load(ck, map_location='cpu', weights_only=True)); info = load_json(meta)
+            model.load_state_dict(read_checkpoint(ck)); info = load_json(meta)
             net = Normalized(model).eval()
         else:
             t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def train_mini_models(cfg:MiniStudyConfig, progress:bool=True)->dict:
                                          progress=progress, desc=name)
             info = dict(history=hist, val_top1=max(h['val_top1'] for h in hist), params=n_params(model),
                         train_seconds=time.perf_counter() - t0, train_images=len(tr[0]), val_images=len(va[0]))
-            torch_save_atomic(model.state_dict(), ck); save_json(info, meta)
+            save_checkpoint(model.state_dict(), ck); save_json(info, meta)
         out[name] = dict(model=net, checkpoint=ck, **info)
     return out
 

@@ -8,7 +8,7 @@ import csv, math
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
-from .core import stable_seed, cache_dir, save_json, load_json
+from .core import stable_seed, cache_dir, save_json, load_json, UserError
 
 # %% auto #0
 __all__ = ['ROADS_SPLITS', 'SYNTHETIC_SPLITS', 'roads_layout', 'find_roads_pairs', 'nodata_mask', 'read_label', 'read_image',
@@ -22,22 +22,28 @@ ROADS_SPLITS = ('train', 'valid', 'test')
 _IMG_EXT = ('.tiff', '.tif', '.png', '.jpg', '.jpeg')
 
 def _stem_map(folder:Path)->dict:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in _IMG_EXT}
+    "stem -> file of the images in `folder`; two files with one stem (`a.tif` and `a.png`) are refused, naming both."
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in _IMG_EXT or p.name.startswith('.'): continue
+        if p.stem in out: raise UserError(f"{folder}: {out[p.stem].name} and {p.name} have the same name stem, so it is unclear which is the image — keep one of them")
+        out[p.stem] = p
+    return out
 
 def _pair(img_dir:Path, lbl_dir:Path)->list:
     imgs, lbls = _stem_map(img_dir), _stem_map(lbl_dir)
     missing = sorted(set(imgs) - set(lbls))
-    if missing: raise FileNotFoundError(f"{lbl_dir}: no label for image(s) {', '.join(str(imgs[m].name) for m in missing[:5])}"
+    if missing: raise UserError(f"{lbl_dir}: no label for image(s) {', '.join(str(imgs[m].name) for m in missing[:5])}"
                                         f"{' …' if len(missing) > 5 else ''}")
     return [(imgs[k], lbls[k]) for k in sorted(imgs)]
 
 def roads_layout(root)->str:
     "'original' or 'mirror' — which layout of Massachusetts Roads lives under `root` (error naming `root` otherwise)."
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f"Massachusetts Roads folder not found: {root}")
+    if not root.is_dir(): raise UserError(f"Massachusetts Roads folder not found: {root}")
     if (root/'train'/'sat').is_dir() and (root/'train'/'map').is_dir(): return 'original'
     if any((root/f/'train').is_dir() and (root/f/'train_labels').is_dir() for f in ('tiff', 'png')): return 'mirror'
-    raise ValueError(f"{root}: not a Massachusetts Roads folder; expected train/sat + train/map (original layout) "
+    raise UserError(f"{root}: not a Massachusetts Roads folder; expected train/sat + train/map (original layout) "
                      f"or tiff/train + tiff/train_labels (mirror layout)")
 
 def find_roads_pairs(root, # dataset folder in the original or the mirror layout
@@ -50,12 +56,12 @@ def find_roads_pairs(root, # dataset folder in the original or the mirror layout
         if layout == 'original': d_img, d_lbl = root/split/'sat', root/split/'map'
         else:
             s = 'val' if split == 'valid' else split
-            if not (root/fmt).is_dir(): raise FileNotFoundError(f"{root/fmt}: no {fmt!r} copy in this mirror layout")
+            if not (root/fmt).is_dir(): raise UserError(f"{root/fmt}: no {fmt!r} copy in this mirror layout")
             d_img, d_lbl = root/fmt/s, root/fmt/f'{s}_labels'
         if d_img.is_dir():
-            if not d_lbl.is_dir(): raise FileNotFoundError(f"{d_lbl}: label folder missing for {d_img}")
+            if not d_lbl.is_dir(): raise UserError(f"{d_lbl}: label folder missing for {d_img}")
             out[split] = _pair(d_img, d_lbl)
-    if not out.get('train'): raise ValueError(f"{root}: no training images found ({layout} layout)")
+    if not out.get('train'): raise UserError(f"{root}: no training images found ({layout} layout)")
     return out
 
 # %% ../nbs/09_roads.ipynb #f32e259a
@@ -76,7 +82,7 @@ def _read(path:Path)->np.ndarray:
     from PIL import Image
     try:
         with Image.open(path) as im: return np.asarray(im)
-    except Exception as e: raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    except Exception as e: raise UserError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 def read_label(path)->np.ndarray:
     "(H,W) uint8 in {0,1} from a road map stored as 0/255 (or 0/1), grey or RGB."
@@ -93,13 +99,13 @@ def read_image(path)->np.ndarray:
     img = _read(Path(path))
     if img.ndim == 2: img = np.repeat(img[..., None], 3, -1)
     if img.shape[-1] == 4: img = img[..., :3]
-    if img.dtype != np.uint8: raise ValueError(f"{path}: expected an 8-bit RGB image, got {img.dtype}")
+    if img.dtype != np.uint8: raise UserError(f"{path}: expected an 8-bit RGB image, got {img.dtype}")
     return np.ascontiguousarray(img)
 
 def read_roads_case(image_path, label_path, clear_nodata:bool=True)->tuple:
     "(image (H,W,3) uint8, label (H,W) uint8 {0,1}) with labels zeroed in no-data regions (nnU-Net's rule)."
     img, lbl = read_image(image_path), read_label(label_path)
-    if img.shape[:2] != lbl.shape: raise ValueError(f"{label_path}: label {lbl.shape} does not match image {img.shape[:2]} of {image_path}")
+    if img.shape[:2] != lbl.shape: raise UserError(f"{label_path}: label {lbl.shape} does not match image {img.shape[:2]} of {image_path}")
     if clear_nodata: lbl[nodata_mask(img)] = 0
     return img, lbl
 
@@ -202,12 +208,12 @@ class SegmentationData:
     def from_folder(cls, root, split:str='train', limit:int|None=None, fmt:str='tiff'):
         "Read a split of Massachusetts Roads (either layout) into memory."
         pairs = find_roads_pairs(root, fmt)
-        if split not in pairs: raise KeyError(f"{root}: split {split!r} not found; present: {sorted(pairs)}")
+        if split not in pairs: raise UserError(f"{root}: split {split!r} not found; present: {sorted(pairs)}")
         imgs, lbls, names = [], [], []
         for ip, lp in pairs[split][:limit]:
             im, lb = read_roads_case(ip, lp); imgs.append(im); lbls.append(lb); names.append(ip.stem)
         shapes = {im.shape for im in imgs}
-        if len(shapes) > 1: raise ValueError(f'{root}/{split}: images of different sizes {sorted(shapes)}')
+        if len(shapes) > 1: raise UserError(f'{root}/{split}: images of different sizes {sorted(shapes)}')
         return cls(np.stack(imgs), np.stack(lbls), names)
 
 def sample_batch(data:SegmentationData, batch_size:int, patch:int,

@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .core import load_json
 from .mamba import Mamba, set_scan_backend
+from .core import UserError
+from .checkpoint import read_checkpoint, state_dict_of
 
 # %% auto #0
 __all__ = ['ConvNormAct', 'PlainResBlock', 'ResBlock', 'Upsample', 'MambaLayer', 'ResidualEncoder', 'ResidualDecoder',
@@ -291,13 +293,13 @@ def plans_configuration(plans:dict|str|Path, # a plans dict or the path of nnU-N
     src = str(plans) if isinstance(plans, (str, Path)) else '<plans dict>'
     if isinstance(plans, (str, Path)): plans = load_json(plans)
     confs = plans.get('configurations') if isinstance(plans, dict) else None
-    if not isinstance(confs, dict): raise ValueError(f"{src}: not an nnU-Net plan (no 'configurations' entry)")
+    if not isinstance(confs, dict): raise UserError(f"{src}: not an nnU-Net plan (no 'configurations' entry)")
     if configuration not in confs:
-        raise KeyError(f"{src}: no configuration {configuration!r}; available: {sorted(confs)}")
+        raise UserError(f"{src}: no configuration {configuration!r}; available: {sorted(confs)}")
     conf, seen = dict(confs[configuration]), [configuration]
     while 'inherits_from' in conf:
         parent = conf.pop('inherits_from')
-        if parent in seen or parent not in confs: raise ValueError(f"{src}: configuration {seen[-1]!r} inherits from unusable {parent!r}")
+        if parent in seen or parent not in confs: raise UserError(f"{src}: configuration {seen[-1]!r} inherits from unusable {parent!r}")
         seen.append(parent); conf = {**confs[parent], **conf}
     return conf
 
@@ -308,12 +310,12 @@ def _arch_from_conf(conf:dict, src:str)->dict:
         keys = dict(n_stages='n_stages', features_per_stage='features_per_stage', kernel_sizes='kernel_sizes',
                     strides='strides', n_conv_per_stage='n_conv_per_stage', n_conv_per_stage_decoder='n_conv_per_stage_decoder')
         missing = [k for k in keys.values() if k not in a]
-        if missing: raise KeyError(f"{src}: architecture.arch_kwargs lacks {missing}")
+        if missing: raise UserError(f"{src}: architecture.arch_kwargs lacks {missing}")
         return {k: a[v] for k, v in keys.items()}
     need = ['conv_kernel_sizes', 'pool_op_kernel_sizes', 'n_conv_per_stage_encoder', 'n_conv_per_stage_decoder',
             'UNet_base_num_features', 'unet_max_num_features']
     missing = [k for k in need if k not in conf]
-    if missing: raise KeyError(f"{src}: configuration lacks {missing}")
+    if missing: raise UserError(f"{src}: configuration lacks {missing}")
     n = len(conf['conv_kernel_sizes'])
     return dict(n_stages=n, features_per_stage=[min(conf['UNet_base_num_features'] * 2 ** i, conf['unet_max_num_features']) for i in range(n)],
                 kernel_sizes=conf['conv_kernel_sizes'], strides=conf['pool_op_kernel_sizes'],
@@ -332,12 +334,12 @@ def umamba_from_plans(plans:dict|str|Path, # a plans dict or the path of plans.j
     conf = plans_configuration(plans, configuration)
     arch = _arch_from_conf(conf, f"{src} [{configuration}]")
     dims = {len(k) for k in arch['kernel_sizes']}
-    if dims != {2}: raise ValueError(f"{src} [{configuration}]: kernels {arch['kernel_sizes']} are not 2D; only the 2D U-Mamba networks are implemented")
+    if dims != {2}: raise UserError(f"{src} [{configuration}]: kernels {arch['kernel_sizes']} are not 2D; only the 2D U-Mamba networks are implemented")
     kw = dict(input_channels=num_input_channels, conv_op=nn.Conv2d, num_classes=num_output_classes, deep_supervision=deep_supervision,
               conv_bias=True, norm_op=nn.InstanceNorm2d, norm_op_kwargs={'eps': 1e-5, 'affine': True}, dropout_op=None,
               dropout_op_kwargs=None, nonlin=nn.LeakyReLU, nonlin_kwargs={'inplace': True}, **arch)
     if variant == 'bot': return UMambaBot(**kw)
-    if 'patch_size' not in conf: raise KeyError(f"{src} [{configuration}]: UMambaEnc needs the configuration's 'patch_size'")
+    if 'patch_size' not in conf: raise UserError(f"{src} [{configuration}]: UMambaEnc needs the configuration's 'patch_size'")
     return UMambaEnc(input_size=conf['patch_size'], **kw)
 
 # %% ../nbs/08_umamba.ipynb #d37aceba
@@ -375,38 +377,13 @@ def umamba_enc_small(num_input_channels:int=3, num_output_classes:int=2, deep_su
 # %% ../nbs/08_umamba.ipynb #7e0a55f1
 _SKIP_FINETUNE = ('.seg_layers.',)
 
-def _load_any(path_or_dict, weights_only:bool)->tuple[dict, str]:
-    if isinstance(path_or_dict, dict): return path_or_dict, '<checkpoint dict>'
-    path = Path(path_or_dict)
-    if not path.is_file(): raise FileNotFoundError(f"checkpoint {path} does not exist")
-    import numpy as np
-    try: from numpy._core.multiarray import scalar  # NumPy 2
-    except ImportError: from numpy.core.multiarray import scalar
-    # nnU-Net's logging holds NumPy scalars: allow exactly those types in torch's safe loader
-    safe = [scalar, np.dtype, *{type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')}]
-    try:
-        with torch.serialization.safe_globals(safe):
-            return torch.load(path, map_location='cpu', weights_only=weights_only), str(path)
-    except Exception as e:
-        hint = ("; if you trust this file, pass weights_only=False" if weights_only else "")
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}){hint}") from None
-
 def checkpoint_state_dict(path_or_dict, # nnU-Net checkpoint file/dict, or a state dict
-                          weights_only:bool=True, # torch.load's safe mode (nnU-Net checkpoints pass it)
+                          trust:bool=False, # allow the unsafe pickle loader (runs code from the file)
                          )->tuple[dict, str]: # (state dict with prefixes stripped, source name for messages)
-    "The network state dict inside a checkpoint."
-    ck, src = _load_any(path_or_dict, weights_only)
-    sd = ck
-    for k in ('network_weights', 'state_dict', 'model'):
-        if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict): sd = sd[k]; break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()) or not sd:
-        raise ValueError(f"{src}: no network state dict found (expected 'network_weights', 'state_dict', 'model' or a dict of tensors)")
-    out = {}
-    for k, v in sd.items():
-        for p in ('module.', '_orig_mod.'):
-            while k.startswith(p): k = k[len(p):]
-        out[k] = v
-    return out, src
+    "The network state dict inside a checkpoint (read by the project's one safe reader, `ssm_explore.checkpoint`)."
+    src = '<checkpoint dict>' if isinstance(path_or_dict, dict) else str(path_or_dict)
+    ck = path_or_dict if isinstance(path_or_dict, dict) else read_checkpoint(path_or_dict, trust=trust)
+    return state_dict_of(ck, source=src)[0], src
 
 def _aliases(model:nn.Module)->dict:
     "key -> first key holding the same tensor, for every aliased state-dict key."
@@ -423,11 +400,11 @@ def _fmt(keys, n:int=12)->str:
 def load_nnunet_checkpoint(model:nn.Module, # the network to load into
                            path_or_dict, # checkpoint_final.pth (or any checkpoint/state dict accepted by `checkpoint_state_dict`)
                            strict:bool|str=True, # True: exact match; 'finetune': nnU-Net's pretrained-weights rule
-                           weights_only:bool=True, # torch.load's safe mode
+                           trust:bool=False, # allow the unsafe pickle loader (runs code from the file)
                           )->dict: # {'loaded': [...], 'skipped': [...], 'ignored': [...]} key lists
     "Load network weights from an nnU-Net (or own) checkpoint into `model`."
     if strict not in (True, 'finetune'): raise ValueError(f"strict must be True or 'finetune', got {strict!r}")
-    sd, src = checkpoint_state_dict(path_or_dict, weights_only)
+    sd, src = checkpoint_state_dict(path_or_dict, trust)
     own = model.state_dict()
     for k, owner in _aliases(model).items():  # a file without the alias keys is still complete
         if k not in sd and owner in sd: sd[k] = sd[owner]
@@ -440,7 +417,7 @@ def load_nnunet_checkpoint(model:nn.Module, # the network to load into
         parts = [f"{len(missing)} missing: {_fmt(missing)}" if missing else '',
                  f"{len(shape)} with another shape: {_fmt(shape, 6)}" if shape else '',
                  f"{len(unexpected)} unexpected: {_fmt(unexpected)}" if unexpected else '']
-        raise ValueError(f"{src} does not fit {type(model).__name__} ({what} loading): " + '; '.join(p for p in parts if p))
+        raise UserError(f"{src} does not fit {type(model).__name__} ({what} loading): " + '; '.join(p for p in parts if p))
     use = {k: v for k, v in sd.items() if k in own and not skip(k)}
     model.load_state_dict({**own, **use}, strict=True)
     return {'loaded': sorted(use), 'skipped': sorted(k for k in own if skip(k)), 'ignored': sorted(k for k in sd if k not in own)}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_vmamba.ipynb #cc2be170
 from __future__ import annotations
-import math, pickle, re
+import math, re
 from collections import OrderedDict
 
 import torch
@@ -17,12 +17,13 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 
 from .scan import selective_scan_fn
+from .checkpoint import read_checkpoint, state_dict_of, CheckpointError, register_safe_globals
 
 # %% auto #0
 __all__ = ['RELEASE_URL', 'VARIANTS', 'default_cfgs', 'Linear2d', 'LayerNorm2d', 'cross_scan', 'cross_merge', 'SS2D', 'Mlp',
            'VSSBlock', 'patch_embed', 'downsample', 'VSSStage', 'VSSM', 'vmamba_tiny', 'vmamba_small', 'vmamba_base',
-           'test_vmamba', 'CheckpointMismatch', 'read_checkpoint', 'unwrap_checkpoint', 'describe_state_dict',
-           'checkpoint_filter_fn', 'load_checkpoint']
+           'test_vmamba', 'CheckpointMismatch', 'unwrap_checkpoint', 'describe_state_dict', 'checkpoint_filter_fn',
+           'load_checkpoint']
 
 # %% ../nbs/03_vmamba.ipynb #9848acaf
 class Linear2d(nn.Linear):
@@ -351,45 +352,15 @@ def test_vmamba(pretrained:bool=False, **kwargs)->VSSM:
     return _create('test_vmamba', pretrained, **kwargs)
 
 # %% ../nbs/03_vmamba.ipynb #50b661f5
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(CheckpointError):
     "A checkpoint that does not fit the model it is loaded into."
-
-class _Unreadable(dict):
-    "Inert stand-in for a pickled object of a class not on the allowlist (e.g. the training config)."
-    def __init__(self, *args, **kwargs): super().__init__()
-    def __setstate__(self, state): self.state = state
-
-_SAFE_GLOBALS = {('collections', 'OrderedDict'), ('torch._utils', '_rebuild_tensor_v2'),
-                 ('torch._utils', '_rebuild_parameter'), ('torch._utils', '_rebuild_parameter_with_state'),
-                 ('torch', 'Size'), ('torch', 'device')}
-
-class _AllowlistUnpickler(pickle.Unpickler):
-    "Builds tensors and plain containers; any other class becomes an inert `_Unreadable` (nothing is executed)."
-    def find_class(self, module, name):
-        if (module, name) in _SAFE_GLOBALS or (module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        return type(name, (_Unreadable,), {'__module__': module})
-
-_allowlist_pickle = type(pickle)('_allowlist_pickle')
-_allowlist_pickle.Unpickler, _allowlist_pickle.load = _AllowlistUnpickler, lambda f, **kw: _AllowlistUnpickler(f, **kw).load()
-
-def read_checkpoint(path)->dict:
-    "Load a checkpoint file on the CPU without executing code from it; foreign objects become inert stand-ins."
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError: raise FileNotFoundError(f"checkpoint file not found: {path}") from None
-    except (pickle.UnpicklingError, RuntimeError) as e:
-        if 'weights only' not in str(e).lower().replace('_', ' '): raise
-    return torch.load(path, map_location='cpu', weights_only=False, pickle_module=_allowlist_pickle)
 
 def unwrap_checkpoint(ckpt:dict, use_ema:bool=False, source:str='checkpoint')->dict:
     "The state dict inside an official checkpoint: `'model'`, or `'model_ema'` when `use_ema`; a bare state dict as is."
-    if not isinstance(ckpt, dict): raise CheckpointMismatch(f"{source}: expected a dict, got {type(ckpt).__name__}")
-    key = 'model_ema' if use_ema else 'model'
-    if use_ema and key not in ckpt: raise CheckpointMismatch(f"{source}: use_ema=True but the file has no 'model_ema' (keys: {sorted(ckpt)[:10]})")
-    sd = ckpt[key] if isinstance(ckpt.get(key), dict) else ckpt
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad: raise CheckpointMismatch(f"{source}: not a state dict (non-tensor entries {bad[:5]}); expected weights under 'model'")
-    return {k.removeprefix('module.'): v for k, v in sd.items()}
+    try: return state_dict_of(ckpt, ema=use_ema, source=source)[0]
+    except CheckpointError as e: raise CheckpointMismatch(str(e)) from None
+
+register_safe_globals()   # timm's own loaders (torch.load(weights_only=True)) read the official files too
 
 def describe_state_dict(sd:dict)->str:
     "Which VMamba a state dict looks like: a registered variant, a VSSM configuration, or 'not a VMamba'."

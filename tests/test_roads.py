@@ -3,6 +3,7 @@ import numpy as np, pytest, torch, torch.nn as nn
 from pathlib import Path
 from PIL import Image
 from ssm_explore.roads import *
+from ssm_explore.core import UserError
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # see conftest.py
@@ -39,12 +40,12 @@ def test_mirror_png_copy_and_rgb_labels(tmp_path):
 
 
 def test_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match='not found'): roads_layout(tmp_path/'nope')
+    with pytest.raises(UserError, match='not found'): roads_layout(tmp_path/'nope')
     with pytest.raises(ValueError, match='not a Massachusetts Roads folder'): roads_layout(tmp_path)
     img, lbl = make_aerial_roads(1, size=32)
     _write(tmp_path/'train'/'sat'/'x1.tiff', img); _write(tmp_path/'train'/'map'/'x1.tif', lbl)
     _write(tmp_path/'train'/'sat'/'x2.tiff', img)
-    with pytest.raises(FileNotFoundError, match='x2.tiff'): find_roads_pairs(tmp_path)
+    with pytest.raises(UserError, match='x2.tiff'): find_roads_pairs(tmp_path)
     _write(tmp_path/'train'/'map'/'x2.tif', lbl[:16])
     with pytest.raises(ValueError, match='does not match'): read_roads_case(tmp_path/'train'/'sat'/'x2.tiff', tmp_path/'train'/'map'/'x2.tif')
     (tmp_path/'train'/'sat'/'bad.tiff').write_bytes(b'not an image'); _write(tmp_path/'train'/'map'/'bad.tif', lbl)

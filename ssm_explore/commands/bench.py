@@ -252,7 +252,7 @@ def _memory_probe(name:str, batch:int, size:int, threads:int)->dict:
 
 def _probe_in_child(name, batch, size, threads)->dict:
     import json, subprocess, sys
-    code = (f"import json; from ssm_explore.vmamba import _memory_probe; "
+    code = (f"import json; from ssm_explore.commands.bench import _memory_probe; "
             f"print(json.dumps(_memory_probe({name!r}, {batch}, {size}, {threads})))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if r.returncode: return dict(error=r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f'exit {r.returncode}')

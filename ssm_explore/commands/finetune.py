@@ -60,4 +60,7 @@ def finetune_cli(argv:list)->int:
     except TrainingDiverged as e: print(f'ssm-explore finetune: {e}', file=sys.stderr); return 3
     if _dist()[0] == 0:
         print(format_study(r)); print(f"written to {Path(a.out).resolve()}: results.json, summary.md, " + ', '.join(Path(v).name for v in r.get('figures', {}).values()))
+        cks = sorted(Path(a.out).glob('*/checkpoint_*.pth'))
+        print(f"checkpoints: {len(cks)} files ({', '.join(sorted({p.name for p in cks}))} per regime), "
+              f"{sum(p.stat().st_size for p in cks) / 2**20:.1f} MiB in all")
     return 0
