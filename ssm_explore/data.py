@@ -252,7 +252,7 @@ def verify_images(manifest:pd.DataFrame, root=None, # folder the manifest's path
             if old and sha != old: raise ImageDecodeError(f'{f}: checksum {sha[:12]}… differs from the manifest ({old[:12]}…)')
             shas.append(sha); errors.append('')
         except (OSError, ValueError) as e:
-            if not skip_bad: raise ImageDecodeError(f'{e} — fix or remove the file, or skip unreadable images (--skip-bad-files / skip_bad=True)') from None
+            if not skip_bad: raise type(e)(f'{e} — fix or remove the file, or skip unreadable images (--skip-bad-files / skip_bad=True)') from None
             shas.append(old or ''); errors.append(str(e))
     m['sha256'] = shas
     if skip_bad or 'error' in m: m['error'] = errors

@@ -314,3 +314,26 @@ def test_explain_real_mode_without_road(capsys, tmp_path, imagenet):
     assert rc == 0, err
     md = (tmp_path/'e'/'explain.md').read_text()
     assert 'ROAD' not in md and '(0 images)' not in md
+
+
+# -- timm's own loaders reach the same reader and filter ----------------------------------------------------------------
+def test_timm_generic_file_path_reads_official_vmamba_files(tmp_path, vm_sd):
+    "`timm.create_model(..., pretrained_cfg_overlay=dict(file=...))` (and validate.py) on an official file with 4-D 1x1 weights."
+    ck = S.official_vmamba_pth(tmp_path/'vssm.pth', S.favour_class(vm_sd, 5), S.favour_class(vm_sd, 7), conv_4d=True, prefix='module.')
+    m = timm.create_model('test_vmamba', pretrained=True, pretrained_cfg_overlay=dict(file=str(ck))).eval()
+    with torch.no_grad(): p = m(torch.randn(2, 3, 64, 64)).argmax(1)
+    assert set(p.tolist()) == {7}          # timm's generic reader prefers 'model_ema' (ssm-explore commands take 'model')
+    from ssm_explore.checkpoint import read_checkpoint
+    sd = {k.removeprefix('module.'): v for k, v in read_checkpoint(ck)['model'].items()}
+    assert any(v.dim() == 4 and v.shape[2:] == (1, 1) for k, v in sd.items() if 'in_proj' in k)
+    timm.create_model('test_vmamba').load_state_dict(sd)   # a plain strict load: Linear2d's hook takes the 4-D 1x1 weights
+
+
+def test_two_road_images_with_one_stem_are_named(tmp_path):
+    from ssm_explore.roads import write_synthetic_roads, find_roads_pairs
+    from ssm_explore.core import UserError
+    root = write_synthetic_roads(tmp_path/'r', 'original', dict(train=1, valid=1, test=1), size=64)
+    img = next((root/'train'/'sat').iterdir())
+    shutil.copy(img, img.with_suffix('.png'))
+    with pytest.raises(UserError, match=rf'{img.name} and {img.stem}.png|{img.stem}.png and {img.name}'):
+        find_roads_pairs(root)

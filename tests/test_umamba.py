@@ -69,9 +69,9 @@ def test_plan_errors_name_the_file_and_key(tmp_path):
     p = tmp_path / 'plans.json'
     plans = small_plans(); del plans['configurations']['2d']['conv_kernel_sizes']
     p.write_text(json.dumps(plans))
-    with pytest.raises(KeyError, match='conv_kernel_sizes') as e: umamba_from_plans(p, '2d', 3, 2)
+    with pytest.raises(ValueError, match='conv_kernel_sizes') as e: umamba_from_plans(p, '2d', 3, 2)
     assert 'plans.json' in str(e.value)
-    with pytest.raises(KeyError, match="available: \\['2d'\\]"): umamba_from_plans(p, '3d_fullres', 3, 2)
+    with pytest.raises(ValueError, match="available: \\['2d'\\]"): umamba_from_plans(p, '3d_fullres', 3, 2)
     three_d = small_plans(); three_d['configurations']['2d']['conv_kernel_sizes'] = [[3, 3, 3]] * 5
     with pytest.raises(ValueError, match='2D'): umamba_from_plans(three_d, '2d', 3, 2)
     (tmp_path / 'bad.json').write_text('{')
@@ -140,7 +140,7 @@ def test_strict_loading_names_bad_keys(tmp_path):
     assert 'mamba_layer.mamba.A_log' in msg and 'extra.weight' in msg and '1 missing' in msg and '1 unexpected' in msg
     with pytest.raises(ValueError, match='another shape'):
         load_nnunet_checkpoint(small_bot(num_input_channels=1), src.state_dict())
-    with pytest.raises(ValueError, match='no network state dict'):
+    with pytest.raises(ValueError, match='is not a state dict'):
         load_nnunet_checkpoint(small_bot(), {'network_weights': {}})
     (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
     with pytest.raises(ValueError, match='junk.pth'): load_nnunet_checkpoint(small_bot(), tmp_path / 'junk.pth')

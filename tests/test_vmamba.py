@@ -121,20 +121,10 @@ def test_bf16_autocast_runs_the_scan_in_fp32():
 
 # -- checkpoints ----------------------------------------------------------------------------------------------
 def _official_file(path, model, ema=None, conv_1x1=False):
-    "An official-style training checkpoint, with a config object of a class that is not importable afterwards."
-    mod = types.ModuleType('yacs_like_config')
-    class CfgNode(dict): pass
-    CfgNode.__module__, CfgNode.__qualname__ = 'yacs_like_config', 'CfgNode'; mod.CfgNode = CfgNode
-    sys.modules['yacs_like_config'] = mod
-    sd = model.state_dict()
-    if conv_1x1: sd = {k: (v[:, :, None, None] if k.endswith(('in_proj.weight', 'out_proj.weight', 'fc2.weight')) else v)
-                       for k, v in sd.items()}
-    cfg = CfgNode(MODEL=CfgNode(TYPE='vssm'))
-    ckpt = {'model': sd, 'optimizer': {'state': {}}, 'lr_scheduler': {}, 'epoch': 237, 'config': cfg, 'max_accuracy': 83.9}
-    if ema is not None: ckpt['model_ema'] = ema.state_dict()
-    torch.save(ckpt, path)
-    del sys.modules['yacs_like_config']
-    return path
+    "An official-format training checkpoint (`tests/standins.py`): a pickled yacs CfgNode config, optimiser state, EMA."
+    import standins as S
+    return S.official_vmamba_pth(path, model.state_dict(), ema.state_dict() if ema is not None else None,
+                                 conv_4d=('in_proj.weight', 'out_proj.weight', 'fc2.weight') if conv_1x1 else False)
 
 
 def _same(a, b):
