@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['UserError', 'backend_status', 'has_backend', 'require_backend', 'env_info', 'default_device', 'format_env_info',
            'seed_everything', 'stable_seed', 'cache_dir', 'sha256_file', 'atomic_write', 'save_json', 'load_json',
-           'markdown_table']
+           'markdown_table', 'rank_world', 'init_distributed']
 
 # %% ../nbs/00_core.ipynb #320544cd
 class UserError(ValueError):
@@ -150,3 +150,19 @@ def markdown_table(df, # a pandas DataFrame
     lines = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * len(df.columns)]
     lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
     return '\n'.join(lines)
+
+# %% ../nbs/00_core.ipynb #6f455e6a
+def rank_world()->tuple:
+    "(rank, world) of the current torch.distributed group, or (0, 1)."
+    import torch
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+def init_distributed()->tuple:
+    "Join the process group when started by torchrun (gloo on CPU, nccl on CUDA); returns (rank, world)."
+    import torch
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    return rank_world()

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 import re
-from .core import atomic_write, save_json, load_json, sha256_file, env_info, stable_seed, UserError, markdown_table
+from .core import atomic_write, save_json, load_json, sha256_file, env_info, stable_seed, UserError, markdown_table, rank_world, init_distributed
 
 # %% auto #0
 __all__ = ['REPORT_MODELS', 'PUBLISHED_TOP1', 'RESULT_COLUMNS', 'Normalized', 'data_config', 'check_model_name', 'create_model',
-           'severity_plan', 'chunk_path', 'init_distributed', 'predict', 'evaluate', 'load_results', 'bootstrap_ci',
-           'mcnemar_test', 'holm', 'expected_calibration_error', 'accuracy_table', 'per_class_accuracy',
-           'paired_comparisons', 'plot_best_worst', 'plot_severity_curves', 'plot_heatmap', 'code_version',
-           'manifest_hash', 'prepare_run', 'describe_model', 'run_differences', 'summarize_run']
+           'severity_plan', 'chunk_path', 'predict', 'evaluate', 'load_results', 'bootstrap_ci', 'mcnemar_test', 'holm',
+           'expected_calibration_error', 'accuracy_table', 'per_class_accuracy', 'paired_comparisons',
+           'plot_best_worst', 'plot_severity_curves', 'plot_heatmap', 'code_version', 'manifest_hash', 'prepare_run',
+           'describe_model', 'run_differences', 'summarize_run']
 
 # %% ../nbs/06_evaluate.ipynb #337f1ed6
 class Normalized(nn.Module):
@@ -118,19 +118,6 @@ def chunk_path(run_dir, model:str, transform:str, severity:int)->Path:
 RESULT_COLUMNS = ['model', 'transform', 'severity', 'image_id', 'label', 'pred', 'top5', 'p_true', 'p_pred', 'correct', 'correct5']
 
 # %% ../nbs/06_evaluate.ipynb #0b75e54e
-def _dist():
-    "(rank, world) of the current torch.distributed group, or (0, 1)."
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-def init_distributed()->tuple:
-    "Join the process group when started by torchrun (WORLD_SIZE > 1); returns (rank, world)."
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    return _dist()
-
 @torch.inference_mode()
 def predict(model:nn.Module|dict, # a `Normalized` model (takes uint8 batches), or name -> model
             loader, # yields (images uint8 (B,3,H,W), labels (B,), image_ids)
@@ -171,7 +158,7 @@ def evaluate(models:dict, # name -> nn.Module taking normalised float images (wr
             )->pd.DataFrame:
     "Run every missing (model, transform, severity) chunk and return all per-image results of the plan."
     from tqdm.auto import tqdm
-    rank, world = _dist()
+    rank, world = rank_world()
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     wrapped = {k: (m if isinstance(m, Normalized) else Normalized(m)).to(device).eval() for k, m in models.items()}
     if device.type == 'cpu': wrapped = {k: m.to(memory_format=torch.channels_last) for k, m in wrapped.items()}

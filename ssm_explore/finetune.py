@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .core import (atomic_write, save_json, load_json, stable_seed, seed_everything,
-                              cache_dir, env_info, UserError)
+                              cache_dir, env_info, UserError, rank_world, init_distributed)
 from .checkpoint import read_checkpoint, save_checkpoint
 from .roads import (SegmentationData, sample_batch, fixed_patches, Augment, sliding_window_predict,
                                synthetic_split)
@@ -17,9 +17,9 @@ from .roads import (SegmentationData, sample_batch, fixed_patches, Augment, slid
 # %% auto #0
 __all__ = ['REGIMES', 'ds_weights', 'soft_dice', 'dice_ce_loss', 'downsample_target', 'deep_supervision_loss', 'confusion_counts',
            'dice_from_counts', 'grad_norms', 'select_frozen', 'freeze_scores', 'freeze_parameters', 'unfreeze_all',
-           'TrainConfig', 'TrainingDiverged', 'poly_lr', 'init_distributed', 'Trainer', 'StudyConfig',
-           'build_study_model', 'model_from_checkpoint', 'checkpoint_variant', 'plan_patch', 'check_patch',
-           'pretrain_source', 'interleaved_step_times', 'run_finetune_study', 'figure1', 'figure5', 'format_study']
+           'TrainConfig', 'TrainingDiverged', 'poly_lr', 'Trainer', 'StudyConfig', 'build_study_model',
+           'model_from_checkpoint', 'checkpoint_variant', 'plan_patch', 'check_patch', 'pretrain_source',
+           'interleaved_step_times', 'run_finetune_study', 'figure1', 'figure5', 'format_study']
 
 # %% ../nbs/10_finetune.ipynb #b38d6f6a
 def ds_weights(n:int)->list:
@@ -187,17 +187,6 @@ def poly_lr(lr0:float, epoch:int, epochs:int, exponent:float=0.9)->float:
     "nnU-Net's poly schedule."
     return lr0*(1 - epoch/epochs)**exponent
 
-def _dist()->tuple:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-def init_distributed()->tuple:
-    "Under `torchrun` (WORLD_SIZE > 1) start the process group (gloo on CPU, nccl on CUDA); returns (rank, world)."
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    return _dist()
 
 # %% ../nbs/10_finetune.ipynb #a0b2ef80
 class Trainer:
@@ -208,7 +197,7 @@ class Trainer:
                  cfg:TrainConfig, out_dir, # run folder: checkpoints, CSV logs, frozen.json
                  name:str='run', init_args:dict|None=None):
         self.cfg, self.out, self.name = cfg, Path(out_dir), name
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_world()
         self.device = torch.device(cfg.device if cfg.device != 'cuda' or not torch.distributed.is_initialized()
                                    else f'cuda:{torch.cuda.current_device()}')
         self.model = model.to(self.device)

@@ -97,7 +97,8 @@ def test_adamw_option_and_poly_schedule(tmp_path, data):
 
 DDP_SCRIPT = textwrap.dedent('''
     import sys, torch, json
-    from ssm_explore.finetune import Trainer, TrainConfig, init_distributed
+    from ssm_explore.finetune import Trainer, TrainConfig
+    from ssm_explore.core import init_distributed
     from ssm_explore.roads import synthetic_split
     from ssm_explore.umamba import umamba_bot_small
     rank, world = init_distributed()

@@ -42,7 +42,7 @@ def _parser():
 def finetune_cli(argv:list)->int:
     "`ssm-explore finetune`: the fine-tuning regimes, figures 1 and 5."
     from ssm_explore.finetune import StudyConfig, run_finetune_study, format_study, TrainingDiverged
-    from ssm_explore.evaluate import _dist
+    from ssm_explore.core import rank_world
     a = _parser().parse_args(argv)
     over = {k: v for k, v in dict(epochs=a.epochs, iters_per_epoch=a.iters, freeze_warmup=a.warmup, freeze_threshold=a.threshold,
                                   freeze_measure=a.measure, patch=a.patch, batch_size=a.batch_size, optimizer=a.optimizer,
@@ -58,7 +58,7 @@ def finetune_cli(argv:list)->int:
     try: r = run_finetune_study(a.out, quick=a.quick, roads=a.roads, pretrained=a.pretrained, cfg=cfg, progress=not a.no_progress,
                                 trust=a.trust_checkpoint)
     except TrainingDiverged as e: print(f'ssm-explore finetune: {e}', file=sys.stderr); return 3
-    if _dist()[0] == 0:
+    if rank_world()[0] == 0:
         print(format_study(r)); print(f"written to {Path(a.out).resolve()}: results.json, summary.md, " + ', '.join(Path(v).name for v in r.get('figures', {}).values()))
         cks = sorted(Path(a.out).glob('*/checkpoint_*.pth'))
         print(f"checkpoints: {len(cks)} files ({', '.join(sorted({p.name for p in cks}))} per regime), "

@@ -84,7 +84,8 @@ def _real_study(a)->int:
     from ssm_explore.data import imagenet_subset, TransformedImageDataset
     from ssm_explore.transforms import transform_spec
     from ssm_explore.evaluate import (create_model, describe_model, prepare_run, evaluate, load_results, summarize_run,
-                                      severity_plan, init_distributed, data_config)
+                                      severity_plan, data_config)
+    from ssm_explore.core import init_distributed
     ckpts = _resolve_models(a)
     rank, world = init_distributed()
     out = Path(a.out or 'runs/robustness')
