@@ -7,4 +7,5 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/00a_init.ipynb #eddc1a88
+import ssm_explore.scan_cpu  # noqa: F401  (adds the compiled CPU kernel to the scan's backends; built on first use)
 import ssm_explore.vmamba  # noqa: F401  (registers the VMamba variants in timm)

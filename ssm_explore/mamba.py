@@ -9,16 +9,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .core import has_backend, require_backend
-from .scan import selective_scan_fn
+from .scan import selective_scan_fn, scan_backends
 
 # %% auto #0
 __all__ = ['causal_conv1d', 'Mamba', 'set_scan_backend']
 
 # %% ../nbs/02_mamba.ipynb #fb3ac133
-_BACKENDS = ('auto', 'torch', 'ref', 'cuda')
-
 def _check_backend(backend:str):
-    if backend not in _BACKENDS: raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    "The scan's backends name the block's too (the convolution has a kernel only for 'cuda'; the others use torch)."
+    if backend not in scan_backends(): raise ValueError(f"backend must be one of {scan_backends()}, got {backend!r}")
 
 def causal_conv1d(x:torch.Tensor, # (B, D, L) input
                   weight:torch.Tensor, # (D, 1, W) or (D, W) depthwise kernel

@@ -9,7 +9,7 @@ import torch, torch.nn.functional as F
 from .core import has_backend, require_backend
 
 # %% auto #0
-__all__ = ['selective_scan_ref', 'SelectiveScanFn', 'selective_scan_fn']
+__all__ = ['selective_scan_ref', 'SelectiveScanFn', 'register_backend', 'scan_backends', 'selective_scan_fn']
 
 # %% ../nbs/01_scan.ipynb #67f529f8
 def _compute_dtype(*ts):
@@ -300,12 +300,31 @@ def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softpl
     return (out, h) if return_last_state else out
 
 # %% ../nbs/01_scan.ipynb #cc7ebe6d
-_BACKENDS = ('auto', 'torch', 'ref', 'cuda')
+def _scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+    "mamba-ssm's CUDA kernel (needs mamba-ssm and CUDA tensors)."
+    fn = require_backend('mamba_ssm').selective_scan_fn
+    if not u.is_cuda: raise ValueError("backend='cuda' (mamba-ssm's kernel) needs CUDA tensors; use backend='torch' on CPU")
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+_BACKENDS = {  # name: function with `selective_scan_ref`'s signature
+    'ref': selective_scan_ref, 'torch': _scan_torch, 'cuda': _scan_cuda}
+_AUTO_CPU = []   # backends `auto` prefers on CPU tensors, each (name, usable(u) -> bool); see `register_backend`
+
+def register_backend(name:str, fn, # a function with `selective_scan_ref`'s signature
+                     auto_on_cpu=None): # usable(u) -> bool: when given, `backend='auto'` takes `name` on CPU tensors it accepts
+    "Add a scan backend (the compiled CPU kernel of `ssm_explore.scan_cpu` registers itself this way)."
+    _BACKENDS[name] = fn
+    if auto_on_cpu is not None: _AUTO_CPU[:] = [(n, f) for n, f in _AUTO_CPU if n != name] + [(name, auto_on_cpu)]
+
+def scan_backends()->tuple:
+    "The names `backend=` accepts."
+    return ('auto', *_BACKENDS)
 
 def _resolve_backend(backend, u):
-    if backend not in _BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose one of {_BACKENDS}")
-    if backend == 'auto': return 'cuda' if u.is_cuda and has_backend('mamba_ssm') else 'torch'
-    return backend
+    if backend != 'auto' and backend not in _BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose one of {scan_backends()}")
+    if backend != 'auto': return backend
+    if u.is_cuda: return 'cuda' if has_backend('mamba_ssm') else 'torch'
+    return next((n for n, usable in _AUTO_CPU if usable(u)), 'torch')
 
 def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
                       delta:torch.Tensor, # (batch, dim, L) step size before bias/softplus
@@ -317,14 +336,8 @@ def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
                       delta_bias:torch.Tensor|None=None, # (dim,) added to delta
                       delta_softplus:bool=False, # apply softplus to delta + delta_bias
                       return_last_state:bool=False, # also return h_L: (batch, dim, N)
-                      backend:str='auto', # 'auto' (CUDA kernel when usable, else 'torch'), 'torch', 'ref' or 'cuda'
+                      backend:str='auto', # 'auto', or one of `scan_backends()`: 'ref', 'torch', 'cuda', 'cpu' (compiled)
                      ):
     "Selective scan with mamba-ssm's signature and semantics. Returns out: (batch, dim, L) in u's dtype (and h_L)."
-    be = _resolve_backend(backend, u)
-    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if be == 'cuda':
-        fn = require_backend('mamba_ssm').selective_scan_fn
-        if not u.is_cuda: raise ValueError("backend='cuda' (mamba-ssm's kernel) needs CUDA tensors; use backend='torch' on CPU")
-        return fn(*args)
-    if be == 'ref': return selective_scan_ref(*args)
-    return _scan_torch(*args)
+    fn = _BACKENDS[_resolve_backend(backend, u)]
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

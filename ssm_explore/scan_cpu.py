@@ -8,7 +8,7 @@ import hashlib, importlib.util, logging, os, platform, shutil, sys, sysconfig, t
 from pathlib import Path
 import torch
 from .core import cache_dir
-from .scan import _check_shapes, _compute_dtype, selective_scan_fn
+from .scan import _check_shapes, _compute_dtype, selective_scan_fn, register_backend, scan_backends
 
 # %% auto #0
 __all__ = ['cpu_kernel_available', 'cpu_kernel_status', 'SelectiveScanCPU', 'selective_scan_cpu']
@@ -771,3 +771,6 @@ def selective_scan_cpu(u:torch.Tensor, # (batch, dim, L) input
         out, h, _ = _load().scan_fwd(*_kernel_args(*ts), bool(delta_softplus), _tile_steps(A.shape[1]), False)
         out = out.to(u.dtype)
     return (out, h) if return_last_state else out
+
+# %% ../nbs/01a_scan_cpu.ipynb #ed1180be
+register_backend('cpu', selective_scan_cpu, auto_on_cpu=lambda u: u.dtype != torch.float64 and cpu_kernel_available())

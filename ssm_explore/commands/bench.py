@@ -8,7 +8,7 @@ import argparse, contextlib, gc, json, math, os, platform, shutil, subprocess, s
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from ..core import has_backend, save_json
-from ..scan import selective_scan_ref, selective_scan_fn
+from ..scan import selective_scan_ref, selective_scan_fn, _resolve_backend
 from ..transforms import apply_transform, TRANSFORM_NAMES, _check
 from ..evaluate import Normalized, create_model, evaluate
 from ..mamba import set_scan_backend
@@ -133,7 +133,11 @@ def run_bench(quick:bool=False, repeat:int=5, ref_backward:str='a1', workloads=N
     res = dict(threads=torch.get_num_threads(), quick=quick, repeat=repeat, rates=rates, workloads={})
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; measured copy bandwidth "
         f"{rates['bandwidth'] / 1e9:.1f} GB/s, exp {rates['exp_rate'] / 1e9:.2f} G/s, log {rates['log_rate'] / 1e9:.2f} G/s")
-    fns = dict(fast=lambda *a, **k: selective_scan_fn(*a, **k, backend='torch'), ref=selective_scan_ref)
+    from ssm_explore.scan_cpu import cpu_kernel_available, cpu_kernel_status
+    fns = {}
+    if cpu_kernel_available(): fns['cpu'] = lambda *a, **k: selective_scan_fn(*a, **k, backend='cpu')
+    else: log(f"compiled CPU kernel unavailable ({cpu_kernel_status()}); its column is skipped")
+    fns.update(fast=lambda *a, **k: selective_scan_fn(*a, **k, backend='torch'), ref=selective_scan_ref)
     if have_mambapy: fns['mambapy'] = mambapy_scan
     for name, (b, d, G, N, L, z, desc) in wls.items():
         args, kw = bench_inputs(b, d, G, N, L, z)
@@ -163,7 +167,7 @@ def bench_table(res:dict)->str:
              f"{'workload':<44}{'function':<9}{'fwd':>9}{'fwd+bwd':>10}{'peak fwd':>10}{'peak f+b':>10}"]
     f = lambda v, w: f"{v:>{w}.1f}" if v is not None else f"{'-':>{w}}"
     for name, row in res['workloads'].items():
-        for fn in ('fast', 'ref', 'mambapy'):
+        for fn in ('cpu', 'fast', 'ref', 'mambapy'):
             if fn not in row: continue
             m = row[fn]
             lines.append(f"{(name + ': ' + row['description'])[:43]:<44}{fn:<9}{f(m.get('fwd_best'), 9)}{f(m.get('fwd_bwd_best'), 10)}"
@@ -172,14 +176,17 @@ def bench_table(res:dict)->str:
         lines.append(f"{'':<44}{'bound':<9}{f(bf['bound'], 9)}{f(bb['bound'], 10)}   (memory {bf['memory']:.1f} / "
                      f"transcendental {bf['transcendental']:.1f} ms forward)")
     lines.append('')
-    lines.append(f"{'ratios':<12}{'fwd ref/fast':>14}{'fwd mambapy/fast':>18}{'f+b ref/fast':>14}{'f+b mambapy/fast':>18}"
-                 f"{'fwd fast/bound':>16}{'f+b fast/bound':>16}")
+    new = 'cpu' if all('cpu' in row for row in res['workloads'].values()) else 'fast'
+    lines.append(f"ratios of '{new}' ({'the compiled kernel' if new == 'cpu' else 'the torch path'}); 'fast' is the pure torch path")
+    lines.append(f"{'':<12}{'fwd ref/' + new:>14}{'fwd mambapy/' + new:>18}{'f+b ref/' + new:>14}{'f+b mambapy/' + new:>18}"
+                 f"{'fwd ' + new + '/bound':>16}{'f+b ' + new + '/bound':>16}{'fwd fast/' + new:>14}")
     g = lambda v, w: f"{v:>{w}.2f}" if v is not None else f"{'-':>{w}}"
     for name, row in res['workloads'].items():
-        fa, re, mp = row['fast'], row['ref'], row.get('mambapy', {})
+        fa, re, mp = row[new], row['ref'], row.get('mambapy', {})
         lines.append(f"{name:<12}{g(_ratio(re.get('fwd_best'), fa['fwd_best']), 14)}{g(_ratio(mp.get('fwd_best'), fa['fwd_best']), 18)}"
                      f"{g(_ratio(re.get('fwd_bwd_best'), fa.get('fwd_bwd_best')), 14)}{g(_ratio(mp.get('fwd_bwd_best'), fa.get('fwd_bwd_best')), 18)}"
-                     f"{g(_ratio(fa['fwd_best'], row['bound_fwd']['bound']), 16)}{g(_ratio(fa.get('fwd_bwd_best'), row['bound_fwd_bwd']['bound']), 16)}")
+                     f"{g(_ratio(fa['fwd_best'], row['bound_fwd']['bound']), 16)}{g(_ratio(fa.get('fwd_bwd_best'), row['bound_fwd_bwd']['bound']), 16)}"
+                     f"{g(_ratio(row['fast']['fwd_best'], fa['fwd_best']), 14)}")
     return '\n'.join(lines)
 
 # %% ../../nbs/99f_cmd_bench.ipynb #95b0bbd0
@@ -300,7 +307,7 @@ def bench_vmamba_cli(argv:list)->int:
     batch, rounds = a.batch or (1 if a.quick else 8), a.rounds or (2 if a.quick else 5)
     rows = bench_vmamba(a.models, batch, a.size, rounds, a.threads, memory=not (a.no_memory or a.quick))
     print(f"CPU inference, batch {batch}, {a.size}x{a.size}, {rows[0]['threads']} threads, {rounds} rounds "
-          f"(median), {platform.processor() or platform.machine()}; scan backend: torch")
+          f"(median), {platform.processor() or platform.machine()}; scan backend: {_resolve_backend('auto', torch.zeros(1, 1, 1))}")
     print(f"{'model':34s} {'params':>8s} {'ms/batch':>9s} {'img/s':>7s} {'peak MiB':>9s} {'fwd MiB':>8s}")
     for r in rows:
         mem = (f"{r['peak_mib']:9.0f} {r['forward_mib']:8.0f}" if r.get('peak_mib') else f"{'-':>9s} {'-':>8s}")
