@@ -117,10 +117,11 @@ class Mamba(nn.Module):
 
 # %% ../nbs/02_mamba.ipynb #7381f278
 def set_scan_backend(model:nn.Module, # a network containing `Mamba` blocks (or a block)
-                     backend:str, # 'auto', 'torch', 'ref' or 'cuda'
+                     backend:str, # 'auto' or one of `scan_backends()` ('ref', 'torch', 'cuda', 'cpu')
                     )->nn.Module: # the same model
-    "Set the scan backend of every `Mamba` block in `model`."
+    "Set the scan backend of every `Mamba` block and every module with a `scan_backend` (VMamba's SS2D) in `model`."
     _check_backend(backend)
     for m in model.modules():
         if isinstance(m, Mamba): m.backend = backend
+        elif hasattr(m, 'scan_backend'): m.scan_backend = backend
     return model

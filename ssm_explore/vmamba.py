@@ -17,6 +17,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 
 from .scan import selective_scan_fn
+from .mamba import set_scan_backend
 from .checkpoint import read_checkpoint, state_dict_of, CheckpointError, register_safe_globals
 
 # %% auto #0
@@ -79,6 +80,7 @@ class SS2D(nn.Module):
                  dt_min:float=0.001, dt_max:float=0.1, dt_init_floor:float=1e-4): # initial range of softplus(Δ bias)
         super().__init__()
         K, N = 4, d_state
+        self.scan_backend = 'auto'   # any of `scan_backends()`; set for a whole model with `set_scan_backend`
         Di, R = int(ssm_ratio * dim), (math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank))
         self.d_inner, self.d_state, self.dt_rank = Di, N, R
         self.dt_range = (dt_min, dt_max, dt_init_floor)
@@ -119,7 +121,7 @@ class SS2D(nn.Module):
         ys = selective_scan_fn(seq(xs).to(f32), seq(dts).to(f32), -torch.exp(self.A_logs.to(f32)),
                                Bs.permute(1, 2, 3, 0).to(f32), Cs.permute(1, 2, 3, 0).to(f32),  # (B, K, N, L)
                                delta_bias=self.dt_projs_bias.reshape(-1).to(f32),
-                               delta_softplus=True)                               # (B, K*Di, L) float32
+                               delta_softplus=True, backend=self.scan_backend)    # (B, K*Di, L) float32
         # skip term D·u added here, in the time-major layout of xs (the scan would add it in its (B, K*Di, L) output)
         ys = (xs.to(f32) * self.Ds.to(f32).view(K, Di)).add_(ys.permute(2, 0, 1).view(L, B, K, Di))
         y = cross_merge(ys, H, W)                                                 # (B, H, W, Di)
@@ -197,7 +199,8 @@ class VSSM(nn.Module):
                  mlp_ratio:float=4.0,        # MLP hidden / channels (0: no MLP)
                  drop_rate:float=0.,         # dropout before the classifier
                  drop_path_rate:float=0.,    # stochastic depth, linear over all blocks (training only)
-                 global_pool:str='avg'):     # only 'avg'
+                 global_pool:str='avg',      # only 'avg'
+                 scan_backend:str='auto'):   # selective scan backend of every SS2D (`ssm_explore.scan.scan_backends()`)
         super().__init__()
         depths = list(depths)
         dims = [int(dims * 2 ** i) for i in range(len(depths))] if isinstance(dims, int) else list(dims)
@@ -221,6 +224,7 @@ class VSSM(nn.Module):
         self.feature_info = [dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'layers.{i}.blocks')
                              for i in range(len(depths))]
         self.apply(self._init_weights)
+        set_scan_backend(self, scan_backend)
 
     @staticmethod
     def _init_weights(m:nn.Module):
