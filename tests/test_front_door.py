@@ -337,3 +337,26 @@ def test_two_road_images_with_one_stem_are_named(tmp_path):
     shutil.copy(img, img.with_suffix('.png'))
     with pytest.raises(UserError, match=rf'{img.name} and {img.stem}.png|{img.stem}.png and {img.name}'):
         find_roads_pairs(root)
+
+
+def test_ctrl_c_keeps_finished_chunks_says_how_to_resume_and_the_rerun_resumes(tmp_path, imagenet):
+    import os, signal, subprocess, sys, time
+    out = tmp_path/'r'
+    cmd = [sys.executable, '-m', 'ssm_explore.commands.robustness', '--imagenet', str(imagenet), '--models', 'convnext_atto',
+           '--allow-random-weights', '--per-class', '2', '--severities', '1,2', '--out', str(out), '--batch-size', '2']
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while len(list(out.glob('chunks/*/*.csv'))) < 2 and time.time() - t0 < 240 and p.poll() is None: time.sleep(0.2)
+    assert p.poll() is None, 'the run ended before it could be interrupted'
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    said = [l for l in err.splitlines() if l.startswith('ssm-explore robustness:')]   # (progress bars aside)
+    assert 'Traceback' not in err and len(said) == 1 and said[0].startswith('ssm-explore robustness: interrupted'), err
+    assert f'kept in {out}' in said[0] and 'resume' in said[0]
+    done = {q: q.stat().st_mtime_ns for q in out.glob('chunks/*/*.csv')}
+    assert done and not list(out.glob('chunks/*/.*.tmp'))                 # finished chunks kept, no half-written ones
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert all(q.stat().st_mtime_ns == t for q, t in done.items())         # the rerun resumed: nothing recomputed
+    assert len(list(out.glob('chunks/*/*.csv'))) > len(done)

@@ -86,13 +86,21 @@ def _one_line(e:BaseException)->str:
     if isinstance(e, OSError) and e.filename and str(e.filename) not in msg: msg = f'{e.filename}: {msg}'
     return msg
 
+def _out_folder(argv:list)->str|None:
+    "The value of `--out` in `argv` (either `--out X` or `--out=X`), if given."
+    for i, a in enumerate(argv):
+        if a == '--out' and i + 1 < len(argv): return argv[i + 1]
+        if a.startswith('--out='): return a.split('=', 1)[1]
+    return None
+
 def run_command(cmd:str, fn, argv:list)->int:
     "Run `fn(argv)` behind the error boundary (see above); returns the exit code."
     debug, argv = debug_mode(argv)
     try: return fn(argv) or 0
     except KeyboardInterrupt:
-        print(f'\nssm-explore {cmd}: interrupted — finished results are kept; run the same command again to resume '
-              'from where it stopped', file=sys.stderr)
+        out = _out_folder(argv)
+        print(f'\nssm-explore {cmd}: interrupted — finished results are kept' + (f' in {out}' if out else '') +
+              '; run the same command again to resume from where it stopped', file=sys.stderr)
         return 130
     except USER_ERRORS as e:
         if debug: traceback.print_exc()
