@@ -199,13 +199,13 @@ class VSSM(nn.Module):
                  mlp_ratio:float=4.0,        # MLP hidden / channels (0: no MLP)
                  drop_rate:float=0.,         # dropout before the classifier
                  drop_path_rate:float=0.,    # stochastic depth, linear over all blocks (training only)
-                 global_pool:str='avg',      # only 'avg'
+                 global_pool:str='avg',      # 'avg', or '' (no pooling: unpooled normed features, with num_classes=0)
                  scan_backend:str='auto'):   # selective scan backend of every SS2D (`ssm_explore.scan.scan_backends()`)
         super().__init__()
         depths = list(depths)
         dims = [int(dims * 2 ** i) for i in range(len(depths))] if isinstance(dims, int) else list(dims)
         if len(dims) != len(depths): raise ValueError(f"dims {dims} and depths {depths} differ in length")
-        _check_pool(global_pool)
+        _check_pool(global_pool, num_classes)
         self.num_classes, self.drop_rate, self.global_pool = num_classes, drop_rate, global_pool
         self.dims, self.num_features = dims, dims[-1]
         self.head_hidden_size = dims[-1]
@@ -254,7 +254,8 @@ class VSSM(nn.Module):
 
     def reset_classifier(self, num_classes:int, global_pool:str|None=None):
         "New head with `num_classes` outputs (0: identity, the model returns pooled features)."
-        if global_pool is not None: _check_pool(global_pool); self.global_pool = global_pool
+        if global_pool is not None: _check_pool(global_pool, num_classes); self.global_pool = global_pool
+        elif not self.global_pool: _check_pool(self.global_pool, num_classes)
         self.num_classes = num_classes
         self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -265,8 +266,10 @@ class VSSM(nn.Module):
         return x
 
     def forward_head(self, x:torch.Tensor, pre_logits:bool=False)->torch.Tensor:
-        "Norm per pixel, average pool, (dropout,) linear. x: (B, C, h, w) -> (B, num_classes) or (B, C)"
-        x = self.classifier.norm(x).mean((2, 3))
+        "Norm per pixel, average pool, (dropout,) linear. x: (B, C, h, w) -> (B, num_classes), (B, C), or with global_pool='' (B, C, h, w)"
+        x = self.classifier.norm(x)
+        if not self.global_pool: return x          # timm's pass-through pooling: the unpooled features
+        x = x.mean((2, 3))
         x = F.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.classifier.head(x)
 
@@ -299,8 +302,10 @@ class VSSM(nn.Module):
         if prune_head or max_index < len(self.dims) - 1: self.reset_classifier(0)
         return take
 
-def _check_pool(global_pool):
-    if global_pool != 'avg': raise ValueError(f"global_pool {global_pool!r}: VSSM supports only 'avg'")
+def _check_pool(global_pool, num_classes:int):
+    if global_pool not in ('avg', ''): raise ValueError(f"global_pool {global_pool!r}: VSSM supports 'avg' or '' (no pooling)")
+    if global_pool == '' and num_classes:
+        raise ValueError("global_pool='' returns the unpooled features, so it needs num_classes=0 (timm: reset_classifier(0, ''))")
 
 # %% ../nbs/03_vmamba.ipynb #540652bc
 RELEASE_URL = 'https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/'
