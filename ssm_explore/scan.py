@@ -9,7 +9,8 @@ import torch, torch.nn.functional as F
 from .core import has_backend, require_backend
 
 # %% auto #0
-__all__ = ['selective_scan_ref', 'SelectiveScanFn', 'register_backend', 'scan_backends', 'selective_scan_fn']
+__all__ = ['selective_scan_ref', 'reference_backward', 'SelectiveScanFn', 'register_backend', 'scan_backends',
+           'selective_scan_fn']
 
 # %% ../nbs/01_scan.ipynb #67f529f8
 def _compute_dtype(*ts):
@@ -240,6 +241,20 @@ def _bwd(s:_Scan, starts, dy, dlast):
         torch.mul(sg, dtb, out=s.chunked(du)[:, t0:t1])
     return ddt, du, dA, dB, dC, y
 
+# %% ../nbs/01_scan.ipynb #c5ee980c
+def reference_backward(inputs:tuple, # (u, delta, A, B, C, D, z, delta_bias) as given to the forward
+                       delta_softplus:bool, dout, dlast, needs:tuple # ctx.needs_input_grad
+                      )->tuple:
+    "Gradients of the scan via `selective_scan_ref`, keeping their graph (the backward under create_graph=True)."
+    out, h = selective_scan_ref(*inputs, delta_softplus=delta_softplus, return_last_state=True)
+    want = [i for i, (t, n) in enumerate(zip(inputs, needs)) if n and t is not None]
+    outs, gouts = [out], [torch.zeros_like(out) if dout is None else dout]
+    if dlast is not None: outs.append(h); gouts.append(dlast.to(h.dtype))
+    grads = torch.autograd.grad(outs, [inputs[i] for i in want], gouts, create_graph=True, allow_unused=True)
+    res = [None] * len(inputs)
+    for i, g in zip(want, grads): res[i] = g
+    return (*res, None)
+
 # %% ../nbs/01_scan.ipynb #cf379ec4
 def _prep_bc(X, b, d, L):
     "B or C as (b, G, N, L); a constant (d, N) becomes `d` groups of one channel."
@@ -270,6 +285,8 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
+        if torch.is_grad_enabled():   # create_graph=True: second-order gradients through the differentiable reference
+            return reference_backward((u, delta, A, B, C, D, z, delta_bias), ctx.delta_softplus, dout, dlast, ctx.needs_input_grad)
         b, d, L = u.shape
         ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         s = _Scan(u, delta, A, _prep_bc(B, b, d, L), _prep_bc(C, b, d, L), delta_bias, ctx.delta_softplus, ct)

@@ -8,7 +8,7 @@ import hashlib, importlib.util, logging, os, platform, shutil, sys, sysconfig, t
 from pathlib import Path
 import torch
 from .core import cache_dir
-from .scan import _check_shapes, _compute_dtype, selective_scan_fn, register_backend, scan_backends
+from .scan import _check_shapes, _compute_dtype, selective_scan_fn, register_backend, scan_backends, reference_backward
 
 # %% auto #0
 __all__ = ['cpu_kernel_available', 'cpu_kernel_status', 'SelectiveScanCPU', 'selective_scan_cpu']
@@ -727,8 +727,8 @@ class SelectiveScanCPU(torch.autograd.Function):
         xs = _kernel_args(u, delta, A, B, C, D, z, delta_bias)
         T = _tile_steps(A.shape[1]); save = any(ctx.needs_input_grad)
         out, last, ck = _load().scan_fwd(*xs, bool(delta_softplus), T, save)
-        if save:
-            ctx.save_for_backward(*xs, ck)
+        if save:   # the inputs as given too: a second-order backward recomputes through the reference from them
+            ctx.save_for_backward(*xs, ck, u, delta, A, B, C, D, z, delta_bias); ctx.n_xs = len(xs)
             ctx.meta = bool(delta_softplus), T, [None if t is None else (t.dtype, t.shape)
                                                  for t in (u, delta, A, B, C, D, z, delta_bias)]
         ctx.set_materialize_grads(False)
@@ -736,8 +736,11 @@ class SelectiveScanCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        *xs, ck = ctx.saved_tensors
+        saved, n = ctx.saved_tensors, ctx.n_xs
+        xs, ck, raw = saved[:n], saved[n], saved[n + 1:]
         softplus, T, meta = ctx.meta
+        if torch.is_grad_enabled():   # create_graph=True: second-order gradients through the differentiable reference
+            return reference_backward(raw, softplus, dout, dlast, ctx.needs_input_grad)
         dout = torch.zeros_like(xs[0]) if dout is None else _f32(dout)
         grads = _load().scan_bwd(*xs, softplus, T, ck, dout, _f32(dlast), _TASKS)
         return (*[None if m is None or not need else g.reshape(m[1]).to(m[0])

@@ -130,3 +130,14 @@ def test_cli_real_mode_on_a_fake_imagenet(tmp_path, capsys):
         explain_cli(['--imagenet', str(root), '--models', 'convnext_atto', '--out', str(out)])
     with pytest.raises(SystemExit):
         explain_cli(['--methods', 'nonsense'])
+
+
+def test_shapleycam_works_on_vmamba_through_the_second_order_scan_fallback():
+    "ShapleyCAM needs create_graph=True through the scan: the fast backends fall back to the differentiable reference."
+    from pytorch_grad_cam import ShapleyCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    torch.manual_seed(0)
+    m = timm.create_model('test_vmamba').eval()
+    cam = ShapleyCAM(model=m, target_layers=[m.layers[-1].blocks])
+    g = cam(input_tensor=torch.randn(1, 3, 64, 64), targets=[ClassifierOutputTarget(3)])
+    assert g.shape == (1, 64, 64) and np.isfinite(g).all() and g.max() > 0
