@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util, json, os, time, traceback
 from pathlib import Path
 import pandas as pd
-from .core import atomic_write, save_json, env_info, format_env_info
+from .core import atomic_write, save_json, env_info, format_env_info, markdown_table
 
 # %% auto #0
 __all__ = ['robustness_section', 'finetune_section', 'write_report', 'run_demo']
@@ -17,13 +17,6 @@ def _has(mod:str)->bool: return importlib.util.find_spec(mod) is not None
 
 def _rel(p, root)->str: return os.path.relpath(p, root)
 
-def _md_table(df:pd.DataFrame, floatfmt:str='.1f')->str:
-    "A DataFrame as a Markdown table (no extra dependency)."
-    cols = list(df.columns)
-    fmt = lambda v: (f'{v:{floatfmt}}' if isinstance(v, float) else str(v))
-    lines = ['| ' + ' | '.join(map(str, cols)) + ' |', '|' + '---|' * len(cols)]
-    lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in df.itertuples(index=False)]
-    return '\n'.join(lines)
 
 # %% ../nbs/11_demo.ipynb #c799ab6c
 def robustness_section(res:dict, root:Path)->str:
@@ -39,7 +32,7 @@ def robustness_section(res:dict, root:Path)->str:
          f"Three tiny models of matched size trained from scratch on the embedded dataset; "
          f"{int(acc.n.iloc[0])} held-out test images, identical pixels for every model. "
          "These are synthetic-task results of tiny models, not ImageNet numbers.", '',
-         _md_table(clean), '', '### Top-1 (%) per transform (report configuration)', '', _md_table(rep), '']
+         markdown_table(clean), '', '### Top-1 (%) per transform (report configuration)', '', markdown_table(rep), '']
     for name, title in [('figure2_best_worst', 'Figure 2: best and worst transforms'), ('severity_curves', 'Accuracy vs severity'), ('heatmap', 'Model x transform')]:
         if name in res['files']: s += [f'### {title}', '', f"![{title}]({_rel(res['files'][name], root)})", '']
     if len(pairs):

@@ -51,12 +51,15 @@ def preds(out, model):
 # -- official VMamba checkpoints -----------------------------------------------------------------------------------
 def test_official_vmamba_file_uses_model_by_default_and_ema_on_request(capsys, tmp_path, imagenet, vm_sd):
     ck = S.official_vmamba_pth(tmp_path/'vssm.pth', S.favour_class(vm_sd, 5), S.favour_class(vm_sd, 7))
-    rc, out, err = robustness(capsys, imagenet, tmp_path/'a', 'test_vmamba', ck)
+    rc, out, err = run(capsys, 'robustness', '--imagenet', imagenet, '--models', 'test_vmamba', 'convnext_atto',
+                       '--checkpoint', f'test_vmamba={ck}', '--allow-random-weights', '--transforms', 'clean,fliplr',
+                       '--per-class', 2, '--out', tmp_path/'a', '--batch-size', 8)
     assert rc == 0, err
     assert preds(tmp_path/'a', 'test_vmamba') == {5}                       # 'model', the official evaluation
-    info = json.loads((tmp_path/'a'/'run.json').read_text())['models']['test_vmamba']
-    assert info['weights'] == 'model' and info['ema'] is False and len(info['checkpoint_sha256']) == 64
-    assert 'McNemar' in out or 'clean' in out
+    info = json.loads((tmp_path/'a'/'run.json').read_text())['models']
+    assert info['test_vmamba']['weights'] == 'model' and info['test_vmamba']['ema'] is False
+    assert len(info['test_vmamba']['checkpoint_sha256']) == 64 and info['convnext_atto']['checkpoint'] is None
+    assert 'paired McNemar tests' in out and 'test_vmamba vs convnext_atto: ' in out   # the README's promise
     rc, out, err = robustness(capsys, imagenet, tmp_path/'b', 'test_vmamba', ck, '--ema')
     assert rc == 0, err
     assert preds(tmp_path/'b', 'test_vmamba') == {7}                       # 'model_ema' only when asked

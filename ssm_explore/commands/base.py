@@ -9,8 +9,8 @@ from pathlib import Path
 from ..core import UserError
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'int_at_least', 'float_in', 'name_list', 'severities', 'checkpoint_items', 'make_parser', 'debug_mode',
-           'run_command']
+__all__ = ['USER_ERRORS', 'int_at_least', 'float_in', 'name_list', 'severities', 'checkpoint_items', 'model_checkpoints',
+           'make_parser', 'debug_mode', 'run_command']
 
 # %% ../../nbs/99a_commands.ipynb #97c0c0ad
 def int_at_least(lo:int):
@@ -67,6 +67,18 @@ def checkpoint_items(items:list|None, models:list, flag:str='--checkpoint')->dic
         if not Path(f).is_file(): raise UserError(f'{flag} {name}: no such file {f} — check the path')
         out[name] = Path(f)
     return out
+
+def model_checkpoints(a)->dict:
+    "Check --models / --checkpoint (/ --allow-random-weights) before any work: known names, one file per model."
+    from ssm_explore.evaluate import check_model_name
+    for m in a.models: check_model_name(m)
+    ckpts = checkpoint_items(a.checkpoint, a.models)
+    missing = [m for m in a.models if m not in ckpts]
+    if missing and not a.allow_random_weights:
+        raise UserError('no weights for ' + ', '.join(missing) + ' — pass --checkpoint NAME=FILE for each model '
+                        '(VMamba: the official .pth; timm models: their model.safetensors / pytorch_model.bin), '
+                        'or --allow-random-weights to test the pipeline')
+    return ckpts
 
 # %% ../../nbs/99a_commands.ipynb #05c238ca
 def make_parser(prog:str, description:str|None=None)->argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from ..core import UserError
-from .base import make_parser, int_at_least, name_list
+from .base import make_parser, int_at_least, name_list, model_checkpoints
 
 # %% auto #0
 __all__ = ['REPORT_CASE', 'explain_cli']
@@ -85,10 +85,9 @@ def _real_explain(a, methods)->int:
     from ssm_explore.evaluate import Normalized, create_model
     from ssm_explore.data import imagenet_val_manifest, imagenet_classes
     from ssm_explore.explain import predict_images, explain_case
-    from ssm_explore.commands.robustness import _resolve_models
     main = a.model or next((m for m in a.models if 'vmamba' in m), a.models[0])
     if main not in a.models: raise UserError(f'--model {main} is not among --models {a.models} — add it to --models')
-    ckpts = _resolve_models(a)
+    ckpts = model_checkpoints(a)
     names = imagenet_classes().class_name.tolist()
     manifest = imagenet_val_manifest(a.imagenet)           # data errors before any model is built
     device = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu'))

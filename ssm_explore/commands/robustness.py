@@ -8,7 +8,7 @@ import math, os, sys
 from pathlib import Path
 import torch
 from ..core import UserError
-from .base import make_parser, int_at_least, name_list, severities, checkpoint_items
+from .base import make_parser, int_at_least, name_list, severities, model_checkpoints
 
 # %% auto #0
 __all__ = ['robustness_cli']
@@ -50,19 +50,6 @@ def robustness_cli(argv:list)->int:
         print_mini_summary(res); return 0
     return _real_study(a)
 
-# %% ../../nbs/99b_cmd_robustness.ipynb #9a93eb42
-def _resolve_models(a)->dict:
-    "Check --models / --checkpoint before any work: known names, one file per model, every checkpoint used."
-    from ssm_explore.evaluate import check_model_name
-    for m in a.models: check_model_name(m)
-    ckpts = checkpoint_items(a.checkpoint, a.models)
-    missing = [m for m in a.models if m not in ckpts]
-    if missing and not a.allow_random_weights:
-        raise UserError('no weights for ' + ', '.join(missing) + ' — pass --checkpoint NAME=FILE for each model '
-                        '(VMamba: the official .pth; timm models: their model.safetensors / pytorch_model.bin), '
-                        'or --allow-random-weights to test the pipeline')
-    return ckpts
-
 # %% ../../nbs/99b_cmd_robustness.ipynb #cfe993fe
 def _print_summary(summary:dict, models:list, out:Path):
     from ssm_explore.evaluate import PUBLISHED_TOP1
@@ -86,7 +73,7 @@ def _real_study(a)->int:
     from ssm_explore.evaluate import (create_model, describe_model, prepare_run, evaluate, load_results, summarize_run,
                                       severity_plan, data_config)
     from ssm_explore.core import init_distributed
-    ckpts = _resolve_models(a)
+    ckpts = model_checkpoints(a)
     rank, world = init_distributed()
     out = Path(a.out or 'runs/robustness')
     plan = severity_plan(a.transforms, a.severities)
