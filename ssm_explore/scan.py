@@ -326,12 +326,15 @@ def _scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
 _BACKENDS = {  # name: function with `selective_scan_ref`'s signature
     'ref': selective_scan_ref, 'torch': _scan_torch, 'cuda': _scan_cuda}
 _AUTO_CPU = []   # backends `auto` prefers on CPU tensors, each (name, usable(u) -> bool); see `register_backend`
+_AUTO_CUDA = []  # the same for CUDA tensors when mamba-ssm is absent (e.g. a Triton kernel)
 
 def register_backend(name:str, fn, # a function with `selective_scan_ref`'s signature
-                     auto_on_cpu=None): # usable(u) -> bool: when given, `backend='auto'` takes `name` on CPU tensors it accepts
+                     auto_on_cpu=None, # usable(u) -> bool: when given, `backend='auto'` takes `name` on CPU tensors it accepts
+                     auto_on_cuda=None): # the same for CUDA tensors, used when mamba-ssm is not installed
     "Add a scan backend (the compiled CPU kernel of `ssm_explore.scan_cpu` registers itself this way)."
     _BACKENDS[name] = fn
-    if auto_on_cpu is not None: _AUTO_CPU[:] = [(n, f) for n, f in _AUTO_CPU if n != name] + [(name, auto_on_cpu)]
+    for table, usable in ((_AUTO_CPU, auto_on_cpu), (_AUTO_CUDA, auto_on_cuda)):
+        if usable is not None: table[:] = [(n, f) for n, f in table if n != name] + [(name, usable)]
 
 def scan_backends()->tuple:
     "The names `backend=` accepts."
@@ -340,8 +343,8 @@ def scan_backends()->tuple:
 def _resolve_backend(backend, u):
     if backend != 'auto' and backend not in _BACKENDS: raise ValueError(f"unknown backend {backend!r}; choose one of {scan_backends()}")
     if backend != 'auto': return backend
-    if u.is_cuda: return 'cuda' if has_backend('mamba_ssm') else 'torch'
-    return next((n for n, usable in _AUTO_CPU if usable(u)), 'torch')
+    if u.is_cuda and has_backend('mamba_ssm'): return 'cuda'
+    return next((n for n, usable in (_AUTO_CUDA if u.is_cuda else _AUTO_CPU) if usable(u)), 'torch')
 
 def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
                       delta:torch.Tensor, # (batch, dim, L) step size before bias/softplus
