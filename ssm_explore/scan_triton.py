@@ -217,6 +217,7 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout
 
 # %% ../nbs/01b_scan_triton.ipynb #9a449747
 _CHUNK = 64   # steps between saved states: the backward recomputes one chunk at a time from its checkpoint
+_TILE = 256   # state elements (channels x N) a program holds at most; at most 32 channels
 
 def _pow2(x:int)->int: return 1 << max(0, int(x) - 1).bit_length()
 
@@ -226,7 +227,7 @@ def _geometry(b, d, L, N, B, C):
     sC = d // C.shape[1] if C.dim() == 4 else d
     H = math.gcd(sB, sC)                                 # a segment of H channels lies inside one B and one C group
     BN = _pow2(N)
-    BD = min(_pow2(H), 32 if BN <= 4 else max(2, 256 // BN))
+    BD = min(_pow2(H), 32, max(2, _TILE // BN))
     nblk = -(-H // BD); R = (d // H) * nblk             # programs per batch element
     T = max(1, min(_CHUNK, L)); nT = -(-L // T)
     return dict(sB=sB, sC=sC, H=H, BN=BN, BD=BD, nblk=nblk, R=R, T=T, nT=nT,
