@@ -25,6 +25,7 @@ BENCHES = {  # name: (target, one-line help)
     'transforms': ('ssm_explore.commands.bench:bench_transforms', 'decode + geometry + transform throughput'),
     'evaluate':   ('ssm_explore.commands.bench:bench_evaluate', 'evaluation pipeline vs pure forward'),
     'umamba':     ('ssm_explore.commands.bench:bench_umamba_cli', 'UMambaBot training step: fast scan vs reference scan'),
+    'gpu':        ('ssm_explore.commands.bench:bench_gpu', 'on a GPU: Triton scan vs torch path vs reference (vs mamba-ssm); VMamba-B vs Swin-B'),
 }
 
 def _resolve(target:str):

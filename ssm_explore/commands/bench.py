@@ -17,7 +17,7 @@ from ..umamba import UMambaBot
 # %% auto #0
 __all__ = ['bench_inputs', 'mambapy_scan', 'machine_rates', 'lower_bound_ms', 'run_bench', 'bench_table', 'gpu_check',
            'bench_scan', 'bench_vmamba', 'bench_vmamba_cli', 'bench_transforms', 'bench_evaluate', 'bench_umamba',
-           'bench_umamba_cli']
+           'bench_umamba_cli', 'gpu_scan_bench', 'gpu_model_bench', 'bench_gpu']
 
 # %% ../../nbs/99f_cmd_bench.ipynb #e995b006
 _WORKLOADS = {  # name: (batch, dim, groups, N, L, gate z, description)
@@ -554,4 +554,120 @@ def bench_umamba_cli(argv:list)->int:
     if a.json:
         from ssm_explore.core import save_json
         save_json(r, a.json)
+    return 0
+
+# %% ../../nbs/99f_cmd_bench.ipynb #e073d08f
+def _cuda_ms(fn, repeat:int)->float:
+    "Best wall time of `fn()` in ms, synchronised with the GPU, after one warm-up call."
+    fn(); torch.cuda.synchronize(); ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t0)
+    return min(ts) * 1e3
+
+def _gpu_scans()->dict:
+    "The scans `bench gpu` compares, each with `selective_scan_ref`'s signature."
+    import ssm_explore.scan_triton  # registers backend='triton'
+    fns = {n: (lambda n: lambda *a, **k: selective_scan_fn(*a, **k, backend=n))(n) for n in ('triton', 'torch')}
+    fns['ref'] = selective_scan_ref
+    if has_backend('mamba_ssm'): fns['mamba_ssm'] = lambda *a, **k: selective_scan_fn(*a, **k, backend='cuda')
+    return fns
+
+def _outputs_and_grads(fn, args, kw):
+    "Output and the gradients of every tensor input for a fixed random projection of the output."
+    ins = [a.detach().clone().requires_grad_() for a in args]
+    kwi = {k: (v.detach().clone().requires_grad_() if torch.is_tensor(v) else v) for k, v in kw.items()}
+    out = fn(*ins, **kwi)
+    w = torch.randn(out.shape, generator=torch.Generator(out.device).manual_seed(1), device=out.device)
+    return [out, *torch.autograd.grad((out * w).sum(), ins + [v for v in kwi.values() if torch.is_tensor(v)])]
+
+def _rel_err(xs, ys)->float:
+    return max(((x.double() - y.double()).abs().max() / y.double().abs().max().clamp(min=1e-30)).item() for x, y in zip(xs, ys))
+
+def gpu_scan_bench(workloads=('a1', 'a8', 'b'), repeat:int=10, ref_backward=('a1',), log=print)->dict:
+    "Forward and forward+backward ms of every scan of `_gpu_scans` on `_WORKLOADS`, plus Triton's check against the torch path."
+    fns, res = _gpu_scans(), {}
+    for name in workloads:
+        b, d, G, N, L, z, desc = _WORKLOADS[name]
+        args, kw = bench_inputs(b, d, G, N, L, z, device='cuda')
+        got = _outputs_and_grads(fns['triton'], args, kw)
+        row = dict(description=desc, shape=dict(batch=b, dim=d, groups=G, N=N, L=L, z=z),
+                   triton_vs_torch_rel_err=_rel_err(got, _outputs_and_grads(fns['torch'], args, kw)),
+                   triton_repeatable=all(torch.equal(x, y) for x, y in zip(got, _outputs_and_grads(fns['triton'], args, kw))))
+        del got
+        for fname, fn in fns.items():
+            r = 2 if fname == 'ref' else repeat
+            m = dict(fwd=_cuda_ms(lambda: fn(*args, **kw), r))
+            if fname != 'ref' or name in ref_backward: m['fwd_bwd'] = _cuda_ms(_fwd_bwd(fn, args, kw), 1 if fname == 'ref' else r)
+            row[fname] = m
+            log(f"  {name:<3} {fname:<10}" + '  '.join(f"{k} {v:.2f} ms" for k, v in m.items()))
+        res[name] = row
+        torch.cuda.empty_cache()
+    return res
+
+def gpu_model_bench(models=('vmamba_base', 'swin_base_patch4_window7_224'), batch:int=64, rounds:int=5)->dict:
+    "Images/s of timm models (random weights) on the GPU under bf16 autocast, rounds interleaved; peak memory in MiB."
+    import statistics, timm
+    import ssm_explore.vmamba  # registers vmamba_* with timm
+    nets = {n: timm.create_model(n, pretrained=False).cuda().eval() for n in models}
+    x = torch.randn(batch, 3, 224, 224, device='cuda')
+    times, peak = {n: [] for n in models}, {}
+    with torch.inference_mode(), torch.autocast('cuda', dtype=torch.bfloat16):
+        for n in models:                                             # warm-up (Triton compiles here), peak memory
+            torch.cuda.reset_peak_memory_stats(); nets[n](x); torch.cuda.synchronize()
+            peak[n] = torch.cuda.max_memory_allocated() / 2**20
+        for r in range(rounds):
+            for n in models[r % len(models):] + models[:r % len(models)]:
+                t0 = time.perf_counter(); nets[n](x); torch.cuda.synchronize(); times[n].append(time.perf_counter() - t0)
+    return {n: dict(img_per_s=batch / statistics.median(times[n]), ms_per_batch=1e3 * statistics.median(times[n]),
+                    peak_mib=peak[n], params_m=sum(p.numel() for p in nets[n].parameters()) / 1e6) for n in models}
+
+# %% ../../nbs/99f_cmd_bench.ipynb #d5de9b64
+def _gpu_markdown(res:dict)->str:
+    "The results of `bench gpu` as Markdown tables: scan times and ratios, then models."
+    import pandas as pd
+    from ssm_explore.core import markdown_table
+    rows = []
+    for name, row in res['scan'].items():
+        tri = row['triton']
+        for f in [k for k in ('triton', 'torch', 'ref', 'mamba_ssm') if k in row]:
+            m = row[f]
+            rows.append(dict(workload=name, scan=f, fwd_ms=m['fwd'], fwd_bwd_ms=m.get('fwd_bwd'),
+                             fwd_ratio_to_triton=m['fwd'] / tri['fwd'],
+                             fwd_bwd_ratio_to_triton=_ratio(m.get('fwd_bwd'), tri.get('fwd_bwd'))))
+    checks = pd.DataFrame([dict(workload=k, triton_vs_torch_rel_err=f"{r['triton_vs_torch_rel_err']:.1e}",
+                                bit_identical_repeat=r['triton_repeatable']) for k, r in res['scan'].items()])
+    text = [f"# bench gpu: {res['device']}", '', f"torch {res['torch']}, triton {res['triton']}, mamba-ssm: {res['mamba_ssm']}", '',
+            '## Selective scan (ms, best of the runs; ratio = that scan\'s time / Triton\'s: above 1 means Triton is faster)', '',
+            markdown_table(pd.DataFrame(rows), floatfmt='.2f'), '', markdown_table(checks)]
+    if res.get('models'):
+        mr = pd.DataFrame([dict(model=k, **v) for k, v in res['models'].items()])
+        text += ['', f"## Models, batch {res['batch']}, bf16 autocast, scan backend '{res['vmamba_scan_backend']}'", '',
+                 markdown_table(mr, floatfmt='.1f'), '', f"VMamba-B / Swin-B images/s: {res['vmamba_over_swin']:.2f}x (target >= 1.4x)"]
+    return '\n'.join(text) + '\n'
+
+def bench_gpu(argv:list)->int:
+    "`ssm-explore bench gpu`: on a CUDA device, the Triton scan vs the torch path, the reference and mamba-ssm; VMamba-B vs Swin-B."
+    from ssm_explore.core import UserError
+    p = argparse.ArgumentParser(prog='ssm-explore bench gpu', description=bench_gpu.__doc__)
+    p.add_argument('--repeat', type=int, default=10, help='timed runs per scan measurement (the reference: 2)')
+    p.add_argument('--batch', type=int, default=64, help='images per forward in the model comparison')
+    p.add_argument('--rounds', type=int, default=5, help='interleaved timed forwards per model (median)')
+    p.add_argument('--no-models', action='store_true', help='skip VMamba-B vs Swin-B')
+    p.add_argument('--out', default='runs/bench_gpu', help='folder for bench_gpu.json and bench_gpu.md')
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available(): raise UserError('no CUDA device: bench gpu needs a GPU; run it where one is available')
+    import triton
+    res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, triton=triton.__version__,
+               mamba_ssm=has_backend('mamba_ssm'), batch=a.batch)
+    print(f"{res['device']}: torch {res['torch']}, triton {res['triton']}, mamba-ssm {'installed' if res['mamba_ssm'] else 'not installed'}")
+    res['scan'] = gpu_scan_bench(repeat=a.repeat)
+    if not a.no_models:
+        res['vmamba_scan_backend'] = _resolve_backend('auto', torch.zeros(1, 1, 1, device='cuda'))
+        res['models'] = gpu_model_bench(batch=a.batch, rounds=a.rounds)
+        res['vmamba_over_swin'] = res['models']['vmamba_base']['img_per_s'] / res['models']['swin_base_patch4_window7_224']['img_per_s']
+    md = _gpu_markdown(res)
+    print(md)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    save_json(res, out/'bench_gpu.json'); (out/'bench_gpu.md').write_text(md)
+    print(f'written: {out/"bench_gpu.json"}, {out/"bench_gpu.md"}')
     return 0
