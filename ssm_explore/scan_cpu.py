@@ -11,7 +11,8 @@ from .core import cache_dir
 from .scan import _check_shapes, _compute_dtype, selective_scan_fn, register_backend, scan_backends, reference_backward
 
 # %% auto #0
-__all__ = ['cpu_kernel_available', 'cpu_kernel_status', 'SelectiveScanCPU', 'selective_scan_cpu']
+__all__ = ['cpu_kernel_available', 'cpu_kernel_status', 'SelectiveScanCPU', 'selective_scan_cpu', 'ss2d_routes', 'ss2d_scan_ref',
+           'SS2DScanCPU', 'ss2d_scan_cpu']
 
 # %% ../nbs/01a_scan_cpu.ipynb #d15d2e78
 _CPP_MATH = r'''
@@ -610,12 +611,366 @@ at::Tensor math_f(at::Tensor x, int64_t which) {
 }
 '''
 
+# %% ../nbs/01a_scan_cpu.ipynb #0e9b4fa4
+_CPP_SS2D = r'''
+
+// ---------------------------------------------------------------- fused SS2D: VMamba's four routes in one pass
+// Route k visits the pixels of a (H, W) map in its own order (0 row-major, 1 column-major, 2 and 3 their reverses);
+// step t of route k reads pixel p = route(k, t) of the pixel-major tensors directly: u (b, L, Di), Δ (b, L, K, Di),
+// B, C (b, L, K, N), any strides with contiguous channels. A task is one block of W channels of one batch element and
+// runs the four routes one after the other, so it owns its output rows: y = (r0 + r2) + (r1 + r3) at every pixel,
+// with r_k = D_k u + Σ_n C h (the composite cross_merge's order), and the same order for any thread count.
+namespace {
+constexpr int K4 = 4;
+
+struct Fused {
+    const float *u, *dl, *Bm, *Cm, *A, *D, *bias;        // D, bias may be null
+    int64_t b, H, Wd, L, Di, N, nb;
+    int64_t su_b, su_p, sd_b, sd_p, sd_k, sb_b, sb_p, sb_k, sb_n, sc_b, sc_p, sc_k, sc_n;
+    bool softplus;
+    std::vector<int64_t> col, step;                      // col[t]: pixel of step t of the column-major route; step: inverse
+};
+
+INL int64_t route_pixel(const Fused& s, int k, int64_t t) {
+    const int64_t tt = k >= 2 ? s.L - 1 - t : t;
+    return (k & 1) ? s.col[tt] : tt;
+}
+INL int64_t route_step(const Fused& s, int k, int64_t p) {
+    const int64_t t = (k & 1) ? s.step[p] : p;
+    return k >= 2 ? s.L - 1 - t : t;
+}
+
+// W lanes from p (nc of them valid, the rest zero).
+INL void load_lanes(float* RS dst, const float* RS p, int64_t nc) {
+    if (nc == W) { SIMD for (int c = 0; c < W; ++c) dst[c] = p[c]; }
+    else { for (int c = 0; c < W; ++c) dst[c] = c < nc ? p[c] : 0.f; }
+}
+
+// A (n, c), D (c), bias (c) of route k's channels k Di + c0 + c (unused lanes zero).
+INL void fused_consts(const Fused& s, int k, int64_t c0, int64_t nc, float* RS A, float* RS Dv, float* RS bv) {
+    for (int64_t n = 0; n < s.N; ++n)
+        for (int c = 0; c < W; ++c) A[n * W + c] = c < nc ? s.A[(k * s.Di + c0 + c) * s.N + n] : 0.f;
+    for (int c = 0; c < W; ++c) {
+        Dv[c] = c < nc && s.D ? s.D[k * s.Di + c0 + c] : 0.f;
+        bv[c] = c < nc && s.bias ? s.bias[k * s.Di + c0 + c] : 0.f;
+    }
+}
+
+// Δ = softplus(δ + bias) (or δ + bias) and, with sg, softplus' = sigmoid(δ + bias).
+INL void fused_dt(bool softplus, const float* RS x, const float* RS bv, float* RS dt, float* RS sg) {
+    if (softplus) {
+        SIMD for (int c = 0; c < W; ++c) {
+            float v = x[c] + bv[c], e = exp_f(v > 0.0f ? -v : v);
+            dt[c] = softplus_e(v, e);
+            if (sg) sg[c] = sigmoid_e(v, e);
+        }
+    } else {
+        SIMD for (int c = 0; c < W; ++c) { dt[c] = x[c] + bv[c]; if (sg) sg[c] = 1.0f; }
+    }
+}
+
+
+// Rows p = 0 .. L-1 of a block's W lanes (nc valid, the rest zero) <-> a local [p][W] buffer. The block's rows of a
+// pixel-major tensor lie one pixel stride apart (often a power of two): walked in column order they would fall into
+// a few cache sets, so every route works on contiguous local copies, which are read and written in pixel order.
+INL void gather_rows(float* RS buf, const float* RS base, int64_t stride, int64_t L, int64_t nc) {
+    for (int64_t p = 0; p < L; ++p) load_lanes(buf + p * W, base + p * stride, nc);
+}
+INL void scatter_rows(float* RS base, int64_t stride, const float* RS buf, int64_t L, int64_t nc) {
+    for (int64_t p = 0; p < L; ++p) {
+        float* RS o = base + p * stride; const float* RS q = buf + p * W;
+        if (nc == W) { SIMD for (int c = 0; c < W; ++c) o[c] = q[c]; } else for (int c = 0; c < nc; ++c) o[c] = q[c];
+    }
+}
+
+// B or C in step order, (b, K, L, N): the scalars of step t of route k, shared by all channel blocks.
+void route_major(const Fused& s, const float* X, int64_t sb, int64_t sp, int64_t sk, int64_t sn, float* out) {
+    at::parallel_for(0, s.b * K4, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+            const int64_t bi = i / K4; const int k = int(i % K4);
+            const float* x = X + bi * sb + k * sk; float* o = out + i * s.L * s.N;
+            for (int64_t t = 0; t < s.L; ++t) {
+                const int64_t p = route_pixel(s, k, t);
+                for (int64_t n = 0; n < s.N; ++n) o[t * s.N + n] = x[p * sp + n * sn];
+            }
+        }
+    });
+}
+
+struct FusedBufs { std::vector<float> ub, db, y0, y1, A, h; };
+
+// Route k over the local copies: r_k = D u + Σ_n C h at every pixel, into y (MODE 0: y = r, 1: y += r,
+// 2: y = (y + r) + y1, the last route of each pixel's sum (y0 + r2) + (y1 = r1 + r3)).
+template <int NN, int MODE>
+INL void fused_route(const Fused& s, int k, const float* RS Bt, const float* RS Ct, const float* RS ub,
+                     const float* RS db, const float* RS A, const float* RS Dv, const float* RS bv, float* RS h,
+                     float* RS y, const float* RS y1) {
+    const int64_t N = NN ? NN : s.N, L = s.L;
+    std::fill(h, h + N * W, 0.f);
+    for (int64_t t = 0; t < L; ++t) {
+        const int64_t p = route_pixel(s, k, t);
+        const float* RS uu = ub + p * W; const float* RS x = db + p * W;
+        float dt[W], dtu[W], sy[W];
+        fused_dt(s.softplus, x, bv, dt, nullptr);
+        SIMD for (int c = 0; c < W; ++c) { dtu[c] = dt[c] * uu[c]; sy[c] = 0.f; }
+        for (int64_t n = 0; n < N; ++n) {
+            const float bn = Bt[t * N + n], cn = Ct[t * N + n];
+            float* RS hn = h + n * W; const float* RS An = A + n * W;
+            SIMD for (int c = 0; c < W; ++c) {
+                float hv = __builtin_fmaf(exp_f(dt[c] * An[c]), hn[c], dtu[c] * bn);
+                hn[c] = hv; sy[c] = __builtin_fmaf(cn, hv, sy[c]);
+            }
+        }
+        float* RS yp = y + p * W;
+        if (MODE == 0) { SIMD for (int c = 0; c < W; ++c) yp[c] = Dv[c] * uu[c] + sy[c]; }
+        if (MODE == 1) { SIMD for (int c = 0; c < W; ++c) yp[c] += Dv[c] * uu[c] + sy[c]; }
+        if (MODE == 2) { SIMD for (int c = 0; c < W; ++c) yp[c] = (yp[c] + (Dv[c] * uu[c] + sy[c])) + y1[p * W + c]; }
+    }
+}
+
+template <int NN>
+void fused_fwd_block(const Fused& s, int64_t bi, int64_t blk, const float* Bt, const float* Ct, float* out, FusedBufs& w) {
+    const int64_t c0 = blk * W, nc = std::min<int64_t>(W, s.Di - c0), L = s.L, LN = L * s.N;
+    float Dv[W], bv[W];
+    float *ub = w.ub.data(), *db = w.db.data(), *y0 = w.y0.data(), *y1 = w.y1.data(), *A = w.A.data(), *h = w.h.data();
+    gather_rows(ub, s.u + bi * s.su_b + c0, s.su_p, L, nc);
+    for (int k : {1, 3, 0, 2}) {
+        fused_consts(s, k, c0, nc, A, Dv, bv);
+        gather_rows(db, s.dl + bi * s.sd_b + k * s.sd_k + c0, s.sd_p, L, nc);
+        const float* Bk = Bt + (bi * K4 + k) * LN; const float* Ck = Ct + (bi * K4 + k) * LN;
+        if (k == 1) fused_route<NN, 0>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y1, nullptr);
+        if (k == 3) fused_route<NN, 1>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y1, nullptr);
+        if (k == 0) fused_route<NN, 0>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y0, nullptr);
+        if (k == 2) fused_route<NN, 2>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y0, y1);
+    }
+    scatter_rows(out + bi * L * s.Di + c0, s.Di, y0, L, nc);
+}
+
+template <int NN> struct FusedFwd {
+    static void run(const Fused& s, const float* Bt, const float* Ct, float* out) {
+        at::parallel_for(0, s.b * s.nb, 1, [&](int64_t lo, int64_t hi) {
+            FusedBufs w;
+            for (auto* v : {&w.ub, &w.db, &w.y0, &w.y1}) v->assign(s.L * W, 0.f);
+            w.A.assign(s.N * W, 0.f); w.h.assign(s.N * W, 0.f);
+            for (int64_t i = lo; i < hi; ++i) fused_fwd_block<NN>(s, i / s.nb, i % s.nb, Bt, Ct, out, w);
+        });
+    }
+};
+
+// Backward of one block: per route, a forward sweep keeps Δ, σ, the decays and the states of every step, then the
+// adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} runs backwards. du sums the routes in order 0, 1, 2, 3; dΔ and the
+// per-block Σ_c of dB, dC (rows of their own, in step order) are written once; dA, dD, dbias go to per-batch partials.
+struct FusedGrads {
+    const float* dy; int64_t sy_b, sy_p;
+    float *du, *dd, *dBp, *dCp, *dA_p, *dD_p, *db_p;
+};
+struct FusedWork { std::vector<float> ub, dyb, db, dub, dt, sg, hs, as, A, r, dA; };
+
+template <int NN>
+void fused_bwd_block(const Fused& s, const FusedGrads& g, int64_t bi, int64_t blk, const float* Bt, const float* Ct,
+                     FusedWork& w) {
+    const int64_t N = NN ? NN : s.N, c0 = blk * W, nc = std::min<int64_t>(W, s.Di - c0), L = s.L, Di = s.Di, LN = L * N;
+    float Dv[W], bv[W];
+    float* RS ub = w.ub.data(); float* RS dyb = w.dyb.data(); float* RS db = w.db.data(); float* RS dub = w.dub.data();
+    float* RS A = w.A.data(); float* RS r = w.r.data(); float* RS dA = w.dA.data();
+    float* RS dts = w.dt.data(); float* RS sgs = w.sg.data(); float* RS hs = w.hs.data(); float* RS as = w.as.data();
+    gather_rows(ub, s.u + bi * s.su_b + c0, s.su_p, L, nc);
+    gather_rows(dyb, g.dy + bi * g.sy_b + c0, g.sy_p, L, nc);
+    for (int k = 0; k < K4; ++k) {
+        fused_consts(s, k, c0, nc, A, Dv, bv);
+        gather_rows(db, s.dl + bi * s.sd_b + k * s.sd_k + c0, s.sd_p, L, nc);
+        const float* RS Bk = Bt + (bi * K4 + k) * LN; const float* RS Ck = Ct + (bi * K4 + k) * LN;
+        std::fill(hs, hs + N * W, 0.f);
+        for (int64_t t = 0; t < L; ++t) {                                    // forward sweep, saving
+            const int64_t p = route_pixel(s, k, t);
+            const float* RS uu = ub + p * W;
+            float* RS dt = dts + t * W;
+            fused_dt(s.softplus, db + p * W, bv, dt, sgs + t * W);
+            for (int64_t n = 0; n < N; ++n) {
+                const float bn = Bk[t * N + n];
+                const float* RS hp = hs + (t * N + n) * W; float* RS hc = hs + ((t + 1) * N + n) * W;
+                float* RS at = as + (t * N + n) * W; const float* RS An = A + n * W;
+                SIMD for (int c = 0; c < W; ++c) {
+                    float a = exp_f(dt[c] * An[c]);
+                    at[c] = a; hc[c] = __builtin_fmaf(a, hp[c], (dt[c] * uu[c]) * bn);
+                }
+            }
+        }
+        float dDv[W], dbv[W];
+        SIMD for (int c = 0; c < W; ++c) { dDv[c] = 0.f; dbv[c] = 0.f; }
+        std::fill(r, r + N * W, 0.f); std::fill(dA, dA + N * W, 0.f);
+        float* RS dBrow = g.dBp + ((bi * s.nb + blk) * K4 + k) * LN;
+        float* RS dCrow = g.dCp + ((bi * s.nb + blk) * K4 + k) * LN;
+        for (int64_t t = L - 1; t >= 0; --t) {                               // the adjoint, backwards
+            const int64_t p = route_pixel(s, k, t);
+            const float* RS uu = ub + p * W; const float* RS dyt = dyb + p * W;
+            float sgB[W], qA[W];
+            const float* RS dt = dts + t * W;
+            SIMD for (int c = 0; c < W; ++c) { sgB[c] = 0.f; qA[c] = 0.f; dDv[c] = __builtin_fmaf(dyt[c], uu[c], dDv[c]); }
+            for (int64_t n = 0; n < N; ++n) {
+                const float bn = Bk[t * N + n], cn = Ck[t * N + n];
+                const float* RS hp = hs + (t * N + n) * W; const float* RS hc = hs + ((t + 1) * N + n) * W;
+                const float* RS at = as + (t * N + n) * W; const float* RS An = A + n * W;
+                float* RS rn = r + n * W; float* RS dAn = dA + n * W;
+                float sB = 0.f, sC = 0.f;
+                _Pragma("omp simd reduction(+ : sB, sC)")
+                for (int c = 0; c < W; ++c) {
+                    float gv = __builtin_fmaf(cn, dyt[c], rn[c]);                    // ∂h_t
+                    sC += dyt[c] * hc[c];
+                    sB += gv * (dt[c] * uu[c]);
+                    sgB[c] = __builtin_fmaf(gv, bn, sgB[c]);
+                    float q = gv * hp[c] * at[c];
+                    dAn[c] = __builtin_fmaf(q, dt[c], dAn[c]);
+                    qA[c] = __builtin_fmaf(q, An[c], qA[c]);
+                    rn[c] = at[c] * gv;
+                }
+                dBrow[t * N + n] = sB; dCrow[t * N + n] = sC;
+            }
+            const float* RS sg = sgs + t * W;
+            float* RS ddp = db + p * W; float* RS dup = dub + p * W;       // dΔ replaces δ (no longer needed)
+            SIMD for (int c = 0; c < W; ++c) {
+                float v = __builtin_fmaf(sgB[c], uu[c], qA[c]) * sg[c];
+                ddp[c] = v; dbv[c] += v;
+                float d = __builtin_fmaf(sgB[c], dt[c], dyt[c] * Dv[c]);
+                dup[c] = k ? dup[c] + d : d;
+            }
+        }
+        scatter_rows(g.dd + (bi * L * K4 + k) * Di + c0, K4 * Di, db, L, nc);
+        for (int c = 0; c < nc; ++c) {
+            const int64_t ch = bi * K4 * Di + k * Di + c0 + c;
+            for (int64_t n = 0; n < N; ++n) g.dA_p[ch * N + n] = dA[n * W + c];
+            g.dD_p[ch] = dDv[c]; g.db_p[ch] = dbv[c];
+        }
+    }
+    scatter_rows(g.du + bi * L * Di + c0, Di, dub, L, nc);
+}
+
+template <int NN> struct FusedBwd {
+    static void run(const Fused& s, const FusedGrads& g, const float* Bt, const float* Ct) {
+        at::parallel_for(0, s.b * s.nb, 1, [&](int64_t lo, int64_t hi) {
+            FusedWork w;
+            for (auto* v : {&w.ub, &w.dyb, &w.db, &w.dub, &w.dt, &w.sg}) v->assign(s.L * W, 0.f);
+            w.hs.assign((s.L + 1) * s.N * W, 0.f); w.as.assign(s.L * s.N * W, 0.f);
+            for (auto* v : {&w.A, &w.r, &w.dA}) v->assign(s.N * W, 0.f);
+            for (int64_t i = lo; i < hi; ++i) fused_bwd_block<NN>(s, g, i / s.nb, i % s.nb, Bt, Ct, w);
+        });
+    }
+};
+
+INL void check_f32(const at::Tensor& t, const char* what) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu() && (t.numel() == 0 || t.stride(-1) == 1),
+                "ss2d_fused: ", what, " must be an fp32 CPU tensor with contiguous last dimension");
+}
+
+// u (b, H, W, Di), delta (b, H, W, K, Di), B, C (b, H, W, K, N), A (K Di, N), D, bias (K Di) or empty.
+Fused make_fused(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& B, const at::Tensor& C,
+                 const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias, bool softplus) {
+    check_f32(u, "u"); check_f32(delta, "delta"); check_f32(A, "A"); check_f32(D, "D"); check_f32(bias, "delta_bias");
+    TORCH_CHECK(B.scalar_type() == at::kFloat && C.scalar_type() == at::kFloat, "ss2d_fused: B, C must be fp32");
+    TORCH_CHECK(u.dim() == 4 && delta.dim() == 5 && B.dim() == 5 && C.dim() == 5, "ss2d_fused: bad ranks");
+    Fused s;
+    s.b = u.size(0); s.H = u.size(1); s.Wd = u.size(2); s.L = s.H * s.Wd; s.Di = u.size(3); s.N = A.size(1);
+    TORCH_CHECK(delta.size(0) == s.b && delta.size(1) == s.H && delta.size(2) == s.Wd && delta.size(3) == K4 &&
+                delta.size(4) == s.Di, "ss2d_fused: delta must be (b, H, W, 4, Di)");
+    for (const at::Tensor* t : {&B, &C})
+        TORCH_CHECK(t->size(0) == s.b && t->size(1) == s.H && t->size(2) == s.Wd && t->size(3) == K4 && t->size(4) == s.N,
+                    "ss2d_fused: B and C must be (b, H, W, 4, N)");
+    TORCH_CHECK(A.is_contiguous() && A.size(0) == K4 * s.Di, "ss2d_fused: A must be a contiguous (4 Di, N)");
+    for (const at::Tensor* t : {&D, &bias})
+        TORCH_CHECK(t->numel() == 0 || (t->is_contiguous() && t->numel() == K4 * s.Di), "ss2d_fused: D, bias must be (4 Di,)");
+    // pixel strides: (h, w) must flatten to one stride (true for any layout that is pixel-major over h and w)
+    auto pstride = [&](const at::Tensor& t, const char* what) {
+        TORCH_CHECK(s.Wd == 1 || s.H == 1 || t.stride(1) == t.stride(2) * s.Wd, "ss2d_fused: ", what, " pixels must flatten");
+        return s.Wd == 1 ? t.stride(1) : t.stride(2);
+    };
+    s.u = u.data_ptr<float>(); s.dl = delta.data_ptr<float>(); s.Bm = B.data_ptr<float>(); s.Cm = C.data_ptr<float>();
+    s.A = A.data_ptr<float>(); s.D = D.numel() ? D.data_ptr<float>() : nullptr;
+    s.bias = bias.numel() ? bias.data_ptr<float>() : nullptr;
+    s.su_b = u.stride(0); s.su_p = pstride(u, "u");
+    s.sd_b = delta.stride(0); s.sd_p = pstride(delta, "delta"); s.sd_k = delta.stride(3);
+    s.sb_b = B.stride(0); s.sb_p = pstride(B, "B"); s.sb_k = B.stride(3); s.sb_n = B.stride(4);
+    s.sc_b = C.stride(0); s.sc_p = pstride(C, "C"); s.sc_k = C.stride(3); s.sc_n = C.stride(4);
+    s.softplus = softplus; s.nb = (s.Di + W - 1) / W;
+    s.col.resize(s.L); s.step.resize(s.L);
+    for (int64_t t = 0; t < s.L; ++t) { s.col[t] = (t % s.H) * s.Wd + t / s.H; s.step[s.col[t]] = t; }
+    return s;
+}
+
+template <template <int> class F, typename... Args>
+void fused_dispatch(const Fused& s, Args&&... args) {
+    if (s.N == 1) F<1>::run(s, args...); else F<0>::run(s, args...);
+}
+}  // namespace
+
+// y (b, H, W, Di) = Σ_k over the four routes of the scan plus D_k u, merged at every pixel.
+at::Tensor ss2d_fwd(at::Tensor u, at::Tensor delta, at::Tensor B, at::Tensor C, at::Tensor A, at::Tensor D,
+                    at::Tensor bias, bool softplus) {
+    Fused s = make_fused(u, delta, B, C, A, D, bias, softplus);
+    auto out = at::empty({s.b, s.H, s.Wd, s.Di}, u.options());
+    if (!(s.L && s.Di && s.b)) return out;
+    auto Bt = at::empty({s.b, K4, s.L, s.N}, u.options()), Ct = at::empty({s.b, K4, s.L, s.N}, u.options());
+    route_major(s, s.Bm, s.sb_b, s.sb_p, s.sb_k, s.sb_n, Bt.data_ptr<float>());
+    route_major(s, s.Cm, s.sc_b, s.sc_p, s.sc_k, s.sc_n, Ct.data_ptr<float>());
+    fused_dispatch<FusedFwd>(s, Bt.data_ptr<float>(), Ct.data_ptr<float>(), out.data_ptr<float>());
+    return out;
+}
+
+// du (b, H, W, Di), ddelta (b, H, W, 4, Di), dB, dC (b, H, W, 4, N), dA (4 Di, N), dD, dbias (4 Di) (empty where
+// D, bias are). Each sum has a fixed order: over routes 0..3 (du), channel blocks (dB, dC) and the batch (dA, dD, dbias).
+std::vector<at::Tensor> ss2d_bwd(at::Tensor u, at::Tensor delta, at::Tensor B, at::Tensor C, at::Tensor A,
+                                 at::Tensor D, at::Tensor bias, bool softplus, at::Tensor dy) {
+    Fused s = make_fused(u, delta, B, C, A, D, bias, softplus);
+    check_f32(dy, "dy");
+    TORCH_CHECK(dy.sizes() == u.sizes(), "ss2d_fused: dy must have u's shape");
+    const int64_t b = s.b, L = s.L, Di = s.Di, N = s.N, KD = K4 * Di, nb = s.nb;
+    auto opt = u.options();
+    auto du = at::empty({b, s.H, s.Wd, Di}, opt), dd = at::empty({b, s.H, s.Wd, K4, Di}, opt);
+    auto dBp = at::empty({b, nb, K4, L, N}, opt), dCp = at::empty({b, nb, K4, L, N}, opt);
+    auto dA_p = at::empty({b, KD, N}, opt), dD_p = at::empty({b, KD}, opt), db_p = at::empty({b, KD}, opt);
+    FusedGrads g;
+    g.dy = dy.data_ptr<float>(); g.sy_b = dy.stride(0); g.sy_p = s.Wd == 1 ? dy.stride(1) : dy.stride(2);
+    TORCH_CHECK(s.Wd == 1 || s.H == 1 || dy.stride(1) == dy.stride(2) * s.Wd, "ss2d_fused: dy pixels must flatten");
+    g.du = du.data_ptr<float>(); g.dd = dd.data_ptr<float>(); g.dBp = dBp.data_ptr<float>(); g.dCp = dCp.data_ptr<float>();
+    g.dA_p = dA_p.data_ptr<float>(); g.dD_p = dD_p.data_ptr<float>(); g.db_p = db_p.data_ptr<float>();
+    if (L && Di && b) {
+        auto Bt = at::empty({b, K4, L, N}, opt), Ct = at::empty({b, K4, L, N}, opt);
+        route_major(s, s.Bm, s.sb_b, s.sb_p, s.sb_k, s.sb_n, Bt.data_ptr<float>());
+        route_major(s, s.Cm, s.sc_b, s.sc_p, s.sc_k, s.sc_n, Ct.data_ptr<float>());
+        fused_dispatch<FusedBwd>(s, g, Bt.data_ptr<float>(), Ct.data_ptr<float>());
+    } else { du.zero_(); dd.zero_(); dBp.zero_(); dCp.zero_(); dA_p.zero_(); dD_p.zero_(); db_p.zero_(); }
+    auto dB = at::empty({b, s.H, s.Wd, K4, N}, opt), dC = at::empty({b, s.H, s.Wd, K4, N}, opt);
+    // Σ over channel blocks in block order, (b, nb, K, steps, N) -> (b, pixels, K, N); parallel over (batch, pixel)
+    const float *pB = dBp.data_ptr<float>(), *pC = dCp.data_ptr<float>();
+    float *oB = dB.data_ptr<float>(), *oC = dC.data_ptr<float>();
+    at::parallel_for(0, b * L, 64, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+            const int64_t bi = i / L, p = i % L;
+            for (int k = 0; k < K4; ++k) for (int64_t n = 0; n < N; ++n) {
+                float sb = 0.f, sc = 0.f;
+                const int64_t t = route_step(s, k, p);
+                for (int64_t j = 0; j < nb; ++j) {
+                    const int64_t at_ = (((bi * nb + j) * K4 + k) * L + t) * N + n;
+                    sb += pB[at_]; sc += pC[at_];
+                }
+                oB[(i * K4 + k) * N + n] = sb; oC[(i * K4 + k) * N + n] = sc;
+            }
+        }
+    });
+    auto dA = at::empty({KD, N}, opt);
+    sum_batch(dA_p.data_ptr<float>(), b, KD * N, dA.data_ptr<float>());
+    auto dD = at::empty({0}, opt), dbias = at::empty({0}, opt);
+    if (s.D) { dD = at::empty({KD}, opt); sum_batch(dD_p.data_ptr<float>(), b, KD, dD.data_ptr<float>()); }
+    if (s.bias) { dbias = at::empty({KD}, opt); sum_batch(db_p.data_ptr<float>(), b, KD, dbias.data_ptr<float>()); }
+    return {du, dd, dB, dC, dA, dD, dbias};
+}
+'''
+
 # %% ../nbs/01a_scan_cpu.ipynb #67aa6dd5
-_SOURCE = '\n'.join([_CPP_MATH, _CPP_TILES, _CPP_PASSES, _CPP_FWD, _CPP_BWD, _CPP_API])
+_SOURCE = '\n'.join([_CPP_MATH, _CPP_TILES, _CPP_PASSES, _CPP_FWD, _CPP_BWD, _CPP_API, _CPP_SS2D])
 
 # %% ../nbs/01a_scan_cpu.ipynb #8744b0bf
 _FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-fopenmp']
-_FUNCTIONS = ['scan_fwd', 'scan_bwd', 'math_f']
+_FUNCTIONS = ['scan_fwd', 'scan_bwd', 'math_f', 'ss2d_fwd', 'ss2d_bwd']
 
 def _cpu_id()->str:
     "What ties a `-march=native` build to a machine: architecture, CPU vendor/model and its feature flags."
@@ -777,3 +1132,104 @@ def selective_scan_cpu(u:torch.Tensor, # (batch, dim, L) input
 
 # %% ../nbs/01a_scan_cpu.ipynb #ed1180be
 register_backend('cpu', selective_scan_cpu, auto_on_cpu=lambda u: u.dtype != torch.float64 and cpu_kernel_available())
+
+# %% ../nbs/01a_scan_cpu.ipynb #ed811c77
+def ss2d_routes(H:int, W:int, device=None)->torch.Tensor:
+    "Pixel (row-major index) of step t of each of SS2D's routes: 0 row-major, 1 column-major, 2 and 3 their reverses. -> (4, H*W)"
+    row = torch.arange(H * W, device=device)
+    col = row.view(H, W).t().reshape(-1)
+    return torch.stack([row, col, row.flip(0), col.flip(0)])
+
+# %% ../nbs/01a_scan_cpu.ipynb #9e14f1fd
+def _check_ss2d(u, delta, B, C, A, D, delta_bias):
+    "Raise a clear error for inconsistent SS2D scan shapes."
+    if u.dim() != 4: raise ValueError(f"u must be (b, H, W, Di), got {tuple(u.shape)}")
+    b, H, W, Di = u.shape
+    if tuple(delta.shape) != (b, H, W, 4, Di): raise ValueError(f"delta must be (b, H, W, 4, Di) = {(b, H, W, 4, Di)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != 4 * Di: raise ValueError(f"A must be (4*Di={4 * Di}, N), got {tuple(A.shape)}")
+    for name, X in (('B', B), ('C', C)):
+        if tuple(X.shape) != (b, H, W, 4, A.shape[1]):
+            raise ValueError(f"{name} must be (b, H, W, 4, N) = {(b, H, W, 4, A.shape[1])}, got {tuple(X.shape)}")
+    for name, v in (('D', D), ('delta_bias', delta_bias)):
+        if v is not None and tuple(v.shape) != (4 * Di,): raise ValueError(f"{name} must be (4*Di={4 * Di},), got {tuple(v.shape)}")
+
+def ss2d_scan_ref(u:torch.Tensor, # (b, H, W, Di) input at every pixel
+                  delta:torch.Tensor, # (b, H, W, 4, Di) step size of each route before bias/softplus
+                  B:torch.Tensor, # (b, H, W, 4, N) input matrix of each route
+                  C:torch.Tensor, # (b, H, W, 4, N) output matrix of each route
+                  A:torch.Tensor, # (4*Di, N) state matrix, route k's channels at k*Di..
+                  D:torch.Tensor|None=None, # (4*Di,) skip connection
+                  delta_bias:torch.Tensor|None=None, # (4*Di,) added to delta
+                  delta_softplus:bool=True, # apply softplus to delta + delta_bias
+                  backend:str='ref', # the plain scan underneath: any of `scan_backends()`
+                 )->torch.Tensor: # (b, H, W, Di) in the compute dtype
+    "The four routes scanned with the plain scan and summed per pixel as `(r0 + r2) + (r1 + r3)`: fused SS2D's reference."
+    _check_ss2d(u, delta, B, C, A, D, delta_bias)
+    b, H, W, Di = u.shape; L, N = H * W, A.shape[1]
+    ct = _compute_dtype(u, delta, B, C, A, D, delta_bias)
+    idx = ss2d_routes(H, W, u.device)                                        # (4, L)
+    route = lambda X, per_route: torch.stack([(X[:, idx[k], k] if per_route else X[:, idx[k]]) for k in range(4)], 1)
+    seq = lambda X: X.permute(0, 1, 3, 2).reshape(b, -1, L)                  # (b, 4, L, c) -> (b, 4*c, L)
+    us = route(u.reshape(b, L, Di).to(ct), False)                            # (b, 4, L, Di)
+    ds = route(delta.reshape(b, L, 4, Di).to(ct), True)
+    Bs, Cs = (route(X.reshape(b, L, 4, N).to(ct), True).transpose(2, 3) for X in (B, C))    # (b, 4, N, L)
+    y = selective_scan_fn(seq(us), seq(ds), A.to(ct), Bs, Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                          backend=backend).view(b, 4, Di, L).transpose(2, 3)   # (b, 4, L, Di) in step order
+    back = idx.argsort(1)                                                    # step of each pixel
+    r = [y[:, k, back[k]] for k in range(4)]
+    return ((r[0] + r[2]) + (r[1] + r[3])).view(b, H, W, Di)
+
+# %% ../nbs/01a_scan_cpu.ipynb #2fd20f5c
+def _pixel_major(t):
+    "t as fp32 with contiguous channels and pixels one stride apart (what the kernel indexes); a copy only when needed."
+    t = t.detach().to(torch.float32)
+    ok = t.stride(-1) == 1 and (t.shape[1] == 1 or t.shape[2] == 1 or t.stride(1) == t.stride(2) * t.shape[2])
+    return t if ok else t.contiguous()
+
+def _ss2d_args(u, delta, B, C, A, D, delta_bias):
+    "The seven tensor arguments of `ss2d_fwd`/`ss2d_bwd`: fp32 views where possible, empty for None."
+    return [_pixel_major(t) for t in (u, delta, B, C)] + [_f32(t) for t in (A, D, delta_bias)]
+
+class SS2DScanCPU(torch.autograd.Function):
+    "The fused four-route scan with its own backward. Use `ss2d_scan_cpu`, which checks shapes."
+    @staticmethod
+    def forward(ctx, u, delta, B, C, A, D, delta_bias, delta_softplus):
+        xs = _ss2d_args(u, delta, B, C, A, D, delta_bias)
+        ctx.save_for_backward(*xs, u, delta, B, C, A, D, delta_bias)
+        ctx.softplus = bool(delta_softplus)
+        ctx.meta = [None if t is None else (t.dtype, t.shape) for t in (u, delta, B, C, A, D, delta_bias)]
+        return _load().ss2d_fwd(*xs, ctx.softplus)
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved = ctx.saved_tensors
+        xs, raw = saved[:7], saved[7:]
+        if torch.is_grad_enabled():   # create_graph=True: second-order gradients through the differentiable reference
+            with torch.enable_grad():
+                y = ss2d_scan_ref(*raw, delta_softplus=ctx.softplus)
+                want = [i for i, (t, n) in enumerate(zip(raw, ctx.needs_input_grad)) if n and t is not None]
+                gs = torch.autograd.grad(y, [raw[i] for i in want], dy, create_graph=True, allow_unused=True)
+            res = [None] * 7
+            for i, g in zip(want, gs): res[i] = g
+            return (*res, None)
+        grads = _load().ss2d_bwd(*xs, ctx.softplus, _pixel_major(dy))
+        return (*[None if m is None or not need else g.reshape(m[1]).to(m[0])
+                  for g, m, need in zip(grads, ctx.meta, ctx.needs_input_grad)], None)
+
+# %% ../nbs/01a_scan_cpu.ipynb #fbe87674
+def ss2d_scan_cpu(u:torch.Tensor, # (b, H, W, Di) input at every pixel (any strides with contiguous channels)
+                  delta:torch.Tensor, # (b, H, W, 4, Di) step size of each route before bias/softplus
+                  B:torch.Tensor, # (b, H, W, 4, N) input matrix of each route (e.g. a strided view of x_proj's output)
+                  C:torch.Tensor, # (b, H, W, 4, N) output matrix of each route
+                  A:torch.Tensor, # (4*Di, N) state matrix, route k's channels at k*Di..
+                  D:torch.Tensor|None=None, # (4*Di,) skip connection
+                  delta_bias:torch.Tensor|None=None, # (4*Di,) added to delta
+                  delta_softplus:bool=True, # apply softplus to delta + delta_bias
+                 )->torch.Tensor: # (b, H, W, Di) float32 (fp64 inputs: fp64, from the reference)
+    "SS2D's four routes scanned and merged per pixel in one compiled op (fp32 compute); `ss2d_scan_ref` where it cannot run."
+    _check_ss2d(u, delta, B, C, A, D, delta_bias)
+    ts = (u, delta, B, C, A, D, delta_bias)
+    if not _kernel_applies(*ts): return ss2d_scan_ref(*ts, delta_softplus=delta_softplus, backend='torch')
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts):
+        return SS2DScanCPU.apply(*ts, delta_softplus)
+    return _load().ss2d_fwd(*_ss2d_args(*ts), bool(delta_softplus))
