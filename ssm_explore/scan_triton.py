@@ -156,7 +156,7 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout
     db = tl.zeros([BD], dtype=tl.float32)
     for i in range(0, nT):
         ch = nT - 1 - i
-        h = tl.load(ck_ptr + ckoff + ch * N, mask=m2, other=0.0)
+        h = tl.load(ck_ptr + ckoff + ch * N, mask=m2, other=0.0).to(tl.float32)
         tl.store(scr, h)                                       # slot k holds h_{t0 + k - 1}
         for k in range(0, T):                                  # 1. recompute the chunk's states
             t = ch * T + k
@@ -177,7 +177,7 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout
             dt, pre = _step_size(dl_ptr, row, t, mt, bias, HAS_BIAS, SOFTPLUS)
             Bt = _bc_step(B_ptr, Bc, bB, n, nm, t, L, ok, B_CONST)
             Ct = _bc_step(C_ptr, Cc, bC, n, nm, t, L, ok, C_CONST)
-            hp = tl.load(scr + k * BD * BN)                    # h_{t-1}; h holds h_t
+            hp = tl.load(scr + k * BD * BN).to(tl.float32)     # h_{t-1}; h holds h_t
             a = tl.exp(dt[:, None] * A)
             dy = tl.load(dout_ptr + row + t, mask=mt, other=0.0).to(tl.float32)
             if HAS_Z:

@@ -78,3 +78,20 @@ def test_import_without_triton_is_silent():
             "assert not st.HAVE_TRITON and 'triton' not in scan_backends()")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert (r.returncode, r.stdout, r.stderr) == (0, '', '')
+
+_LOW = {'u_ptr', 'dl_ptr', 'B_ptr', 'C_ptr', 'D_ptr', 'z_ptr', 'bias_ptr', 'out_ptr', 'dout_ptr', 'du_ptr', 'ddl_ptr', 'dz_ptr'}
+
+@pytest.mark.parametrize('kernel,flag,BD,BN,T,on,low', [
+    ('_fwd_kernel', 'SAVE', 32, 1, 64, True, '*bf16'), ('_bwd_kernel', 'HAS_DLAST', 32, 1, 64, True, '*bf16'),
+    ('_fwd_kernel', 'SAVE', 16, 16, 7, False, '*fp32'), ('_bwd_kernel', 'HAS_DLAST', 16, 16, 7, False, '*fp16')])
+def test_kernels_compile_for_sm90_without_a_gpu(kernel, flag, BD, BN, T, on, low):
+    "The compiled (not interpreted) kernels pass Triton's frontend and ptxas for an H100/H200 (sm_90), ahead of time."
+    import inspect, triton
+    from triton.compiler import ASTSource
+    from triton.backends.compiler import GPUTarget
+    fn = getattr(st, kernel)
+    consts = dict(BD=BD, BN=BN, T=T, B_CONST=not on, C_CONST=False, HAS_D=on, HAS_Z=on, HAS_BIAS=on, SOFTPLUS=on, **{flag: on})
+    sig = {p: 'constexpr' if p in consts else (low if p in _LOW else '*fp32') if p.endswith('_ptr') else 'i32'
+           for p in inspect.signature(fn.fn).parameters}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget('cuda', 90, 32))
+    assert len(k.asm['cubin']) > 1000
