@@ -5,11 +5,12 @@
 # %% ../nbs/01_scan.ipynb #64a7fc99
 from __future__ import annotations
 import gc, math, os
+from typing import Callable, NamedTuple
 import torch, torch.nn.functional as F
 from .core import has_backend, require_backend
 
 # %% auto #0
-__all__ = ['selective_scan_ref', 'reference_backward', 'SelectiveScanFn', 'register_backend', 'scan_backends',
+__all__ = ['selective_scan_ref', 'reference_backward', 'ScanKernel', 'SelectiveScanFn', 'register_backend', 'scan_backends',
            'selective_scan_fn']
 
 # %% ../nbs/01_scan.ipynb #67f529f8
@@ -243,14 +244,17 @@ def _bwd(s:_Scan, starts, dy, dlast):
 
 # %% ../nbs/01_scan.ipynb #c5ee980c
 def reference_backward(inputs:tuple, # (u, delta, A, B, C, D, z, delta_bias) as given to the forward
-                       delta_softplus:bool, dout, dlast, needs:tuple # ctx.needs_input_grad
+                       delta_softplus:bool, dout, dlast, needs:tuple, # ctx.needs_input_grad
+                       fn=None, # a differentiable scan with `selective_scan_ref`'s signature (default: the reference)
                       )->tuple:
-    "Gradients of the scan via `selective_scan_ref`, keeping their graph (the backward under create_graph=True)."
-    out, h = selective_scan_ref(*inputs, delta_softplus=delta_softplus, return_last_state=True)
-    want = [i for i, (t, n) in enumerate(zip(inputs, needs)) if n and t is not None]
-    outs, gouts = [out], [torch.zeros_like(out) if dout is None else dout]
-    if dlast is not None: outs.append(h); gouts.append(dlast.to(h.dtype))
-    grads = torch.autograd.grad(outs, [inputs[i] for i in want], gouts, create_graph=True, allow_unused=True)
+    "Gradients of the scan by recomputing through `fn` (the backward under create_graph=True, which keeps their graph)."
+    graph = torch.is_grad_enabled()                  # in a backward pass only under create_graph=True
+    with torch.enable_grad():
+        out, h = (fn or selective_scan_ref)(*inputs, delta_softplus=delta_softplus, return_last_state=True)
+        want = [i for i, (t, n) in enumerate(zip(inputs, needs)) if n and t is not None]
+        outs, gouts = [out], [torch.zeros_like(out) if dout is None else dout]
+        if dlast is not None: outs.append(h); gouts.append(dlast.to(h.dtype))
+        grads = torch.autograd.grad(outs, [inputs[i] for i in want], gouts, create_graph=graph, allow_unused=True)
     res = [None] * len(inputs)
     for i, g in zip(want, grads): res[i] = g
     return (*res, None)
@@ -266,55 +270,99 @@ def _reduce_bc(g, X):
     if X.dim() == 2: return g.sum((0, 3))
     return g[:, 0] if X.dim() == 3 else g
 
-class SelectiveScanFn(torch.autograd.Function):
-    "Chunked selective scan with its own chunked backward (see `selective_scan_fn`)."
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        b, d, L, N, _, _ = _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-        ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-        s = _Scan(u, delta, A, _prep_bc(B, b, d, L), _prep_bc(C, b, d, L), delta_bias, delta_softplus, ct)
-        y, starts, hlast = _fwd(s)
+def _torch_scan(u, delta, A, B, C, delta_bias, delta_softplus):
+    "The `_Scan` of these inputs, in their compute dtype."
+    b, d, L = u.shape
+    ct = _compute_dtype(u, delta, A, B, C, delta_bias)
+    return _Scan(u, delta, A, _prep_bc(B, b, d, L), _prep_bc(C, b, d, L), delta_bias, delta_softplus, ct)
+
+def _torch_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
+    "The torch path's forward, no autograd: out (u's dtype), h_L (b, d, N) and the block-start states its backward needs."
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    s = _torch_scan(u, delta, A, B, C, delta_bias, delta_softplus)
+    y, starts, hlast = _fwd(s)
+    y = _from_tm(y, s.L)
+    if D is not None: y.addcmul_(u.to(ct), D.to(ct)[:, None])
+    if z is not None: y.mul_(F.silu(z.to(ct)))
+    return y.to(u.dtype), hlast, starts
+
+def _torch_saved(u, delta, A, B, C, D, z, delta_bias):
+    "An empty tensor shaped like `_torch_fwd`'s block-start states: (time blocks, n_c, b, d, N)."
+    b, d, L = u.shape
+    N = A.shape[1]
+    n_c, T, k = _plan(b, d, L, N)
+    return u.new_empty((-(-T // k), n_c, b, d, N), dtype=_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
+
+# %% ../nbs/01_scan.ipynb #5590b977
+def _torch_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, starts, dout, dlast):
+    "The torch path's backward: the gradients of u, Δ, A, B, C, D, z, Δ bias (None for absent inputs), no autograd."
+    b, d, L = u.shape
+    ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    s = _torch_scan(u, delta, A, B, C, delta_bias, delta_softplus)
+    dout = torch.zeros(u.shape, dtype=ct, device=u.device) if dout is None else dout.to(ct)
+    if z is not None:
+        zc = z.to(ct); sz = torch.sigmoid(zc)
+        dy = dout * zc * sz                                        # through the gate silu(z) = z σ(z)
+    else: dy = dout
+    ddt, du, dA, dB, dC, y = _bwd(s, starts, _to_tm(dy, s.Lp, ct), None if dlast is None else dlast.to(ct))
+    if delta_softplus: ddt.mul_(torch.sigmoid(s.pre))
+    ddt, du = _from_tm(ddt, L), _from_tm(du, L)
+    dB = _reduce_bc(_from_tm(dB, L).view(b, s.G, s.N, L), B)
+    dC = _reduce_bc(_from_tm(dC, L).view(b, s.GC, s.N, L), C)
+    uc, dD, dz = u.to(ct), None, None
+    if D is not None: dD = (dy * uc).sum((0, 2)); du.addcmul_(dy, D.to(ct)[:, None])
+    if z is not None:
         y = _from_tm(y, L)
-        if D is not None: y.addcmul_(u.to(ct), D.to(ct)[:, None])
-        if z is not None: y.mul_(F.silu(z.to(ct)))
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
-        ctx.delta_softplus = delta_softplus
+        if D is not None: y.addcmul_(uc, D.to(ct)[:, None])
+        dz = y.mul_(dout).mul_(sz * (1 + zc * (1 - sz)))
+    dbias = ddt.sum((0, 2)) if delta_bias is not None else None
+    cast = lambda g, x: None if x is None else g.to(x.dtype)
+    return [cast(g, x) for g, x in zip((du, ddt, dA, dB, dC, dD, dz, dbias), (u, delta, A, B, C, D, z, delta_bias))]
+
+# %% ../nbs/01_scan.ipynb #ccf3bbc5
+class ScanKernel(NamedTuple):
+    "A backend's forward and backward without autograd; `selective_scan_fn` adds autograd (eager) or the custom op (traced)."
+    fwd: Callable   # (u, delta, A, B, C, D, z, delta_bias, delta_softplus, save) -> out (u's dtype), h_L, saved state
+    bwd: Callable   # (u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, dout, dlast) -> 8 gradients (None: absent)
+    saved: Callable # (u, delta, A, B, C, D, z, delta_bias) -> an empty tensor with the saved state's shape and dtype
+
+_KERNELS = {'torch': ScanKernel(_torch_fwd, _torch_bwd, _torch_saved)}   # backends with their own backward
+
+def _backward_grads(name, ts, delta_softplus, saved, dout, dlast, needs, bwd=None)->list:
+    "The 8 input gradients for a backward pass: backend `name`'s `bwd` (default its kernel's), or the differentiable reference under create_graph=True."
+    if torch.is_grad_enabled():   # create_graph=True: second-order gradients through the differentiable reference
+        return list(reference_backward(ts, delta_softplus, dout, dlast, needs)[:8])
+    grads = (bwd or _KERNELS[name].bwd)(*ts, delta_softplus, saved, dout, dlast)
+    return [g if n and t is not None else None for g, t, n in zip(grads, ts, needs)]
+
+class SelectiveScanFn(torch.autograd.Function):
+    "Autograd for a `ScanKernel` backend in eager mode: the kernel's forward, then its backward."
+    @staticmethod
+    def forward(ctx, name, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        ts = (u, delta, A, B, C, D, z, delta_bias)
+        out, h, saved = _KERNELS[name].fwd(*ts, delta_softplus, True)
+        ctx.save_for_backward(*ts, saved)
+        ctx.opts = name, delta_softplus
         ctx.set_materialize_grads(False)
-        return y.to(u.dtype), hlast
+        return out, h
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
-        if torch.is_grad_enabled():   # create_graph=True: second-order gradients through the differentiable reference
-            return reference_backward((u, delta, A, B, C, D, z, delta_bias), ctx.delta_softplus, dout, dlast, ctx.needs_input_grad)
-        b, d, L = u.shape
-        ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-        s = _Scan(u, delta, A, _prep_bc(B, b, d, L), _prep_bc(C, b, d, L), delta_bias, ctx.delta_softplus, ct)
-        dout = torch.zeros(u.shape, dtype=ct, device=u.device) if dout is None else dout.to(ct)
-        if z is not None:
-            zc = z.to(ct); sz = torch.sigmoid(zc)
-            dy = dout * zc * sz                                        # through the gate silu(z) = z σ(z)
-        else: dy = dout
-        ddt, du, dA, dB, dC, y = _bwd(s, starts, _to_tm(dy, s.Lp, ct), None if dlast is None else dlast.to(ct))
-        if ctx.delta_softplus: ddt.mul_(torch.sigmoid(s.pre))
-        ddt, du = _from_tm(ddt, L), _from_tm(du, L)
-        dB = _reduce_bc(_from_tm(dB, L).view(b, s.G, s.N, L), B)
-        dC = _reduce_bc(_from_tm(dC, L).view(b, s.GC, s.N, L), C)
-        uc, dD, dz = u.to(ct), None, None
-        if D is not None: dD = (dy * uc).sum((0, 2)); du.addcmul_(dy, D.to(ct)[:, None])
-        if z is not None:
-            y = _from_tm(y, L)
-            if D is not None: y.addcmul_(uc, D.to(ct)[:, None])
-            dz = y.mul_(dout).mul_(sz * (1 + zc * (1 - sz)))
-        dbias = ddt.sum((0, 2)) if delta_bias is not None else None
-        cast = lambda g, x: None if g is None or x is None else g.to(x.dtype)
-        return (cast(du, u), cast(ddt, delta), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), cast(dz, z),
-                cast(dbias, delta_bias), None)
+        *ts, saved = ctx.saved_tensors
+        name, softplus = ctx.opts
+        return (None, *_backward_grads(name, tuple(ts), softplus, saved, dout, dlast, ctx.needs_input_grad[1:9]), None)
 
-def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
-    "The fast pure-PyTorch path (chunked scan with a custom backward)."
-    out, h = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return (out, h) if return_last_state else out
+def _kernel_fn(name:str):
+    "A function with `selective_scan_ref`'s signature running kernel backend `name` (autograd through `SelectiveScanFn`)."
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+        ts = (u, delta, A, B, C, D, z, delta_bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts):
+            out, h = SelectiveScanFn.apply(name, *ts, delta_softplus)
+        else: out, h, _ = _KERNELS[name].fwd(*ts, delta_softplus, False)
+        return (out, h) if return_last_state else out
+    scan.__name__ = scan.__qualname__ = f'selective_scan_{name}'
+    return scan
 
 # %% ../nbs/01_scan.ipynb #cc7ebe6d
 def _scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
@@ -324,14 +372,18 @@ def _scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 _BACKENDS = {  # name: function with `selective_scan_ref`'s signature
-    'ref': selective_scan_ref, 'torch': _scan_torch, 'cuda': _scan_cuda}
+    'ref': selective_scan_ref, 'torch': _kernel_fn('torch'), 'cuda': _scan_cuda}
 _AUTO_CPU = []   # backends `auto` prefers on CPU tensors, each (name, usable(u) -> bool); see `register_backend`
 _AUTO_CUDA = []  # the same for CUDA tensors when mamba-ssm is absent (e.g. a Triton kernel)
 
-def register_backend(name:str, fn, # a function with `selective_scan_ref`'s signature
+def register_backend(name:str, fn=None, # a function with `selective_scan_ref`'s signature and its own autograd
                      auto_on_cpu=None, # usable(u) -> bool: when given, `backend='auto'` takes `name` on CPU tensors it accepts
-                     auto_on_cuda=None): # the same for CUDA tensors, used when mamba-ssm is not installed
-    "Add a scan backend (the compiled CPU kernel of `ssm_explore.scan_cpu` registers itself this way)."
+                     auto_on_cuda=None, # the same for CUDA tensors, used when mamba-ssm is not installed
+                     kernel:ScanKernel|None=None): # instead of `fn`: a forward and backward without autograd
+    "Add a scan backend, as `fn` or as a `kernel` with its own backward (the compiled CPU kernel of `ssm_explore.scan_cpu` is one)."
+    if (fn is None) == (kernel is None): raise ValueError(f"register_backend({name!r}): give either fn or kernel")
+    if kernel is not None: _KERNELS[name] = ScanKernel(*kernel); fn = _kernel_fn(name)
+    else: _KERNELS.pop(name, None)
     _BACKENDS[name] = fn
     for table, usable in ((_AUTO_CPU, auto_on_cpu), (_AUTO_CUDA, auto_on_cuda)):
         if usable is not None: table[:] = [(n, f) for n, f in table if n != name] + [(name, usable)]
@@ -346,6 +398,11 @@ def _resolve_backend(backend, u):
     if u.is_cuda and has_backend('mamba_ssm'): return 'cuda'
     return next((n for n, usable in (_AUTO_CUDA if u.is_cuda else _AUTO_CPU) if usable(u)), 'torch')
 
+def _tracing()->bool:
+    "Whether the caller is being traced (torch.compile, torch.export, FX, make_fx): then the scan is one opaque op."
+    return (torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_tracing()
+            or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None)
+
 def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
                       delta:torch.Tensor, # (batch, dim, L) step size before bias/softplus
                       A:torch.Tensor, # (dim, N) state matrix (diagonal, negative for decay)
@@ -359,5 +416,71 @@ def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
                       backend:str='auto', # 'auto', or one of `scan_backends()`: 'ref', 'torch', 'cuda', 'cpu' (compiled)
                      ):
     "Selective scan with mamba-ssm's signature and semantics. Returns out: (batch, dim, L) in u's dtype (and h_L)."
-    fn = _BACKENDS[_resolve_backend(backend, u)]
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    ts = (u, delta, A, B, C, D, z, delta_bias)
+    if _tracing():   # one node `ssm_explore::selective_scan`; the backend is resolved when it runs
+        save = torch.fx._symbolic_trace.is_fx_tracing() or (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts))
+        out, h, _ = torch.ops.ssm_explore.selective_scan(*ts, delta_softplus, backend, save)
+        return (out, h) if return_last_state else out
+    return _BACKENDS[_resolve_backend(backend, u)](*ts, delta_softplus, return_last_state)
+
+# %% ../nbs/01_scan.ipynb #6d55e7e8
+_TS = "Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, bool delta_softplus, str backend"
+
+def _own(t:torch.Tensor)->torch.Tensor:
+    "t as a contiguous tensor that starts its own storage (what the fake implementation promises)."
+    ok = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    return t if ok else t.clone(memory_format=torch.contiguous_format)
+
+@torch.library.custom_op('ssm_explore::selective_scan', mutates_args=(),
+                         schema=f"({_TS}, bool save) -> (Tensor, Tensor, Tensor)")
+def _scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save):
+    "out (u's dtype), h_L (compute dtype) and the state the backward needs (empty unless `save`)."
+    ts = (u, delta, A, B, C, D, z, delta_bias)
+    name, ct = _resolve_backend(backend, u), _compute_dtype(*ts)
+    if name in _KERNELS: out, h, saved = _KERNELS[name].fwd(*ts, delta_softplus, save)
+    else:
+        with torch.no_grad(): (out, h), saved = _BACKENDS[name](*ts, delta_softplus, True), None
+    return _own(out), _own(h.to(ct)), saved if save and saved is not None else u.new_empty(0, dtype=ct)
+
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save):
+    ts = (u, delta, A, B, C, D, z, delta_bias)
+    b, d, L, N, _, _ = _check_shapes(*ts)
+    ct, kernel = _compute_dtype(*ts), _KERNELS.get(_resolve_backend(backend, u))
+    saved = kernel.saved(*ts) if save and kernel else u.new_empty(0, dtype=ct)
+    return u.new_empty(u.shape), u.new_empty((b, d, N), dtype=ct), saved
+
+# %% ../nbs/01_scan.ipynb #c6469893
+@torch.library.custom_op('ssm_explore::selective_scan_bwd', mutates_args=(),
+                         schema=f"({_TS}, Tensor saved, Tensor dout, Tensor? dlast) -> Tensor[]")
+def _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, saved, dout, dlast):
+    "Gradients of the 8 tensor inputs by the backend's kernel (empty for absent inputs)."
+    ts = (u, delta, A, B, C, D, z, delta_bias)
+    grads = _KERNELS[_resolve_backend(backend, u)].bwd(*ts, delta_softplus, saved, dout, dlast)
+    return [u.new_empty(0) if t is None else g.to(t.dtype).contiguous() for g, t in zip(grads, ts)]
+
+@_scan_bwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, saved, dout, dlast):
+    return [u.new_empty(0) if t is None else t.new_empty(t.shape) for t in (u, delta, A, B, C, D, z, delta_bias)]
+
+def _op_setup(ctx, inputs, output):
+    *ts, softplus, backend, save = inputs
+    ctx.save_for_backward(*ts, output[2])
+    ctx.opts = softplus, backend
+    ctx.set_materialize_grads(False)
+
+def _op_backward(ctx, dout, dlast, _):
+    *ts, saved = ctx.saved_tensors
+    (softplus, backend), ts, needs = ctx.opts, tuple(ts), ctx.needs_input_grad[:8]
+    name = _resolve_backend(backend, ts[0])
+    if name in _KERNELS:
+        bwd_op = lambda *a: torch.ops.ssm_explore.selective_scan_bwd(
+            *a[:9], backend, a[9], torch.zeros_like(ts[0]) if a[10] is None else a[10], a[11])
+        grads = _backward_grads(name, ts, softplus, saved, dout, dlast, needs, bwd_op)
+    else:   # a backend without its own backward: recompute through its differentiable forward
+        fn = None if torch.is_grad_enabled() else _BACKENDS[name]
+        grads = reference_backward(ts, softplus, dout, dlast, needs, fn=fn)[:8]
+    return (*grads, None, None, None)
+
+_scan_op.register_autograd(_op_backward, setup_context=_op_setup)

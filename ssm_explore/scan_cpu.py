@@ -8,11 +8,12 @@ import hashlib, importlib.util, logging, os, platform, shutil, sys, sysconfig, t
 from pathlib import Path
 import torch
 from .core import cache_dir
-from .scan import _check_shapes, _compute_dtype, selective_scan_fn, register_backend, scan_backends, reference_backward
+from .scan import (_check_shapes, _compute_dtype, selective_scan_fn, register_backend, scan_backends, reference_backward,
+                              ScanKernel, _torch_fwd, _torch_bwd, _torch_saved, _tracing)
 
 # %% auto #0
-__all__ = ['cpu_kernel_available', 'cpu_kernel_status', 'SelectiveScanCPU', 'selective_scan_cpu', 'ss2d_routes', 'ss2d_scan_ref',
-           'SS2DScanCPU', 'ss2d_scan_cpu']
+__all__ = ['cpu_kernel_available', 'cpu_kernel_status', 'selective_scan_cpu', 'ss2d_routes', 'ss2d_scan_ref', 'SS2DScanCPU',
+           'ss2d_scan_cpu']
 
 # %% ../nbs/01a_scan_cpu.ipynb #d15d2e78
 _CPP_MATH = r'''
@@ -1051,6 +1052,7 @@ def _load():
                               "using the PyTorch scan instead", RuntimeWarning, stacklevel=3)
     return _STATE['ext']
 
+@torch.compiler.assume_constant_result   # torch.compile takes the answer at trace time (the lock above is not traceable)
 def cpu_kernel_available()->bool:
     "Whether the compiled CPU scan can run here (builds it on the first call: ~1 minute once per machine)."
     return _load() is not None
@@ -1063,6 +1065,7 @@ def cpu_kernel_status()->str:
 # %% ../nbs/01a_scan_cpu.ipynb #1c872f21
 _E = torch.empty(0)   # stands for an absent D, z, delta_bias or last-state gradient
 _TASKS = 64           # backward tasks aimed at: fixes the split, and so the order, of the reductions over channels
+_LANES = 16           # W of the kernel source: channels per block
 
 def _tile_steps(N:int)->int:
     "Steps per tile: long tiles amortise the transposes; with large N the tile's saved states must stay in cache."
@@ -1075,31 +1078,32 @@ def _kernel_args(u, delta, A, B, C, D, z, delta_bias):
     "The eight tensor arguments of the extension: contiguous fp32, B and C as (b, G, N, L) or (d, N), empty for None."
     return [_f32(t) for t in (u, delta, A, _bc4(B), _bc4(C), D, z, delta_bias)]
 
-class SelectiveScanCPU(torch.autograd.Function):
-    "The compiled scan with its own backward (the adjoint recurrence). Use `selective_scan_cpu`, which checks shapes."
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        xs = _kernel_args(u, delta, A, B, C, D, z, delta_bias)
-        T = _tile_steps(A.shape[1]); save = any(ctx.needs_input_grad)
-        out, last, ck = _load().scan_fwd(*xs, bool(delta_softplus), T, save)
-        if save:   # the inputs as given too: a second-order backward recomputes through the reference from them
-            ctx.save_for_backward(*xs, ck, u, delta, A, B, C, D, z, delta_bias); ctx.n_xs = len(xs)
-            ctx.meta = bool(delta_softplus), T, [None if t is None else (t.dtype, t.shape)
-                                                 for t in (u, delta, A, B, C, D, z, delta_bias)]
-        ctx.set_materialize_grads(False)
-        return out.to(u.dtype), last
+def _cpu_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
+    "The kernel's forward (the torch path's where it does not apply): out in u's dtype, h_L, the tile checkpoints."
+    ts = (u, delta, A, B, C, D, z, delta_bias)
+    if not _kernel_applies(*ts): return _torch_fwd(*ts, delta_softplus, save)
+    _check_shapes(*ts)
+    out, last, ck = _load().scan_fwd(*_kernel_args(*ts), bool(delta_softplus), _tile_steps(A.shape[1]), bool(save))
+    return out.to(u.dtype), last, ck
 
-    @staticmethod
-    def backward(ctx, dout, dlast):
-        saved, n = ctx.saved_tensors, ctx.n_xs
-        xs, ck, raw = saved[:n], saved[n], saved[n + 1:]
-        softplus, T, meta = ctx.meta
-        if torch.is_grad_enabled():   # create_graph=True: second-order gradients through the differentiable reference
-            return reference_backward(raw, softplus, dout, dlast, ctx.needs_input_grad)
-        dout = torch.zeros_like(xs[0]) if dout is None else _f32(dout)
-        grads = _load().scan_bwd(*xs, softplus, T, ck, dout, _f32(dlast), _TASKS)
-        return (*[None if m is None or not need else g.reshape(m[1]).to(m[0])
-                  for g, m, need in zip(grads, meta, ctx.needs_input_grad)], None)
+def _cpu_saved(u, delta, A, B, C, D, z, delta_bias):
+    "An empty tensor shaped like the tile checkpoints: (b, segments, channel blocks, tiles, N, lanes), fp32."
+    ts = (u, delta, A, B, C, D, z, delta_bias)
+    if not _kernel_applies(*ts): return _torch_saved(*ts)
+    b, d, L = u.shape
+    N = A.shape[1]
+    shared = lambda X: d // X.shape[1] if X.dim() == 4 else d        # channels that share one B (or C)
+    H = math.gcd(shared(B), shared(C))                               # a segment lies inside one B and one C group
+    return u.new_empty((b, d // H if H else 0, -(-H // _LANES), -(-L // _tile_steps(N)), N, _LANES), dtype=torch.float32)
+
+def _cpu_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ck, dout, dlast):
+    "The kernel's backward (the adjoint recurrence): gradients in their inputs' dtypes and shapes, None for absent ones."
+    ts = (u, delta, A, B, C, D, z, delta_bias)
+    if not _kernel_applies(*ts): return _torch_bwd(*ts, delta_softplus, ck, dout, dlast)
+    xs = _kernel_args(*ts)
+    dout = torch.zeros_like(xs[0]) if dout is None else _f32(dout)
+    grads = _load().scan_bwd(*xs, bool(delta_softplus), _tile_steps(A.shape[1]), ck, dout, _f32(dlast), _TASKS)
+    return [None if t is None else g.reshape(t.shape).to(t.dtype) for g, t in zip(grads, ts)]
 
 # %% ../nbs/01a_scan_cpu.ipynb #c6ef26fb
 def _kernel_applies(*ts)->bool:
@@ -1119,19 +1123,11 @@ def selective_scan_cpu(u:torch.Tensor, # (batch, dim, L) input
                        return_last_state:bool=False, # also return h_L: (batch, dim, N), in fp32
                       ):
     "The selective scan on the compiled CPU kernel (fp32 compute), else on the PyTorch path. Returns out: (batch, dim, L) in u's dtype."
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    ts = (u, delta, A, B, C, D, z, delta_bias)
-    if not _kernel_applies(*ts):
-        return selective_scan_fn(*ts, delta_softplus, return_last_state, backend='torch')
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts):
-        out, h = SelectiveScanCPU.apply(*ts, delta_softplus)
-    else:
-        out, h, _ = _load().scan_fwd(*_kernel_args(*ts), bool(delta_softplus), _tile_steps(A.shape[1]), False)
-        out = out.to(u.dtype)
-    return (out, h) if return_last_state else out
+    return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend='cpu')
 
 # %% ../nbs/01a_scan_cpu.ipynb #ed1180be
-register_backend('cpu', selective_scan_cpu, auto_on_cpu=lambda u: u.dtype != torch.float64 and cpu_kernel_available())
+register_backend('cpu', kernel=ScanKernel(_cpu_fwd, _cpu_bwd, _cpu_saved),
+                 auto_on_cpu=lambda u: u.dtype != torch.float64 and cpu_kernel_available())
 
 # %% ../nbs/01a_scan_cpu.ipynb #ed811c77
 def ss2d_routes(H:int, W:int, device=None)->torch.Tensor:
@@ -1229,7 +1225,53 @@ def ss2d_scan_cpu(u:torch.Tensor, # (b, H, W, Di) input at every pixel (any stri
     "SS2D's four routes scanned and merged per pixel in one compiled op (fp32 compute); `ss2d_scan_ref` where it cannot run."
     _check_ss2d(u, delta, B, C, A, D, delta_bias)
     ts = (u, delta, B, C, A, D, delta_bias)
+    if _tracing(): return torch.ops.ssm_explore.ss2d_scan(*ts, bool(delta_softplus))   # one op for compile/export
     if not _kernel_applies(*ts): return ss2d_scan_ref(*ts, delta_softplus=delta_softplus, backend='torch')
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts):
         return SS2DScanCPU.apply(*ts, delta_softplus)
     return _load().ss2d_fwd(*_ss2d_args(*ts), bool(delta_softplus))
+
+# %% ../nbs/01a_scan_cpu.ipynb #f5fbd54b
+_SS2D_TS = "Tensor u, Tensor delta, Tensor B, Tensor C, Tensor A, Tensor? D, Tensor? delta_bias, bool delta_softplus"
+
+@torch.library.custom_op('ssm_explore::ss2d_scan', mutates_args=(), schema=f"({_SS2D_TS}) -> Tensor")
+def _ss2d_op(u, delta, B, C, A, D, delta_bias, delta_softplus):
+    "The fused scan's forward: (b, H, W, Di) in the compute dtype."
+    ts = (u, delta, B, C, A, D, delta_bias)
+    if _kernel_applies(*ts): return _load().ss2d_fwd(*_ss2d_args(*ts), bool(delta_softplus))
+    with torch.no_grad(): return ss2d_scan_ref(*ts, delta_softplus=delta_softplus, backend='torch').contiguous()
+
+@_ss2d_op.register_fake
+def _(u, delta, B, C, A, D, delta_bias, delta_softplus):
+    _check_ss2d(u, delta, B, C, A, D, delta_bias)
+    return u.new_empty(u.shape, dtype=_compute_dtype(u, delta, B, C, A, D, delta_bias))
+
+@torch.library.custom_op('ssm_explore::ss2d_scan_bwd', mutates_args=(), schema=f"({_SS2D_TS}, Tensor dy) -> Tensor[]")
+def _ss2d_bwd_op(u, delta, B, C, A, D, delta_bias, delta_softplus, dy):
+    "The kernel's gradients of the 7 tensor inputs (empty for absent ones)."
+    ts = (u, delta, B, C, A, D, delta_bias)
+    grads = _load().ss2d_bwd(*_ss2d_args(*ts), bool(delta_softplus), _pixel_major(dy))
+    return [u.new_empty(0) if t is None else g.reshape(t.shape).to(t.dtype) for g, t in zip(grads, ts)]
+
+@_ss2d_bwd_op.register_fake
+def _(u, delta, B, C, A, D, delta_bias, delta_softplus, dy):
+    return [u.new_empty(0) if t is None else t.new_empty(t.shape) for t in (u, delta, B, C, A, D, delta_bias)]
+
+def _ss2d_op_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:7]); ctx.softplus = inputs[7]
+
+def _ss2d_op_backward(ctx, dy):
+    ts, needs, graph = ctx.saved_tensors, ctx.needs_input_grad[:7], torch.is_grad_enabled()
+    if graph or not _kernel_applies(*ts):   # create_graph=True, or no kernel here: recompute through the reference
+        want = [i for i, (t, n) in enumerate(zip(ts, needs)) if n and t is not None]
+        with torch.enable_grad():
+            y = ss2d_scan_ref(*ts, delta_softplus=ctx.softplus, backend='ref' if graph else 'torch')
+            gs = torch.autograd.grad(y, [ts[i] for i in want], dy, create_graph=graph, allow_unused=True)
+        grads = [None] * 7
+        for i, g in zip(want, gs): grads[i] = g
+    else:
+        grads = torch.ops.ssm_explore.ss2d_scan_bwd(*ts, ctx.softplus, dy)
+        grads = [g if n and t is not None else None for g, t, n in zip(grads, ts, needs)]
+    return (*grads, None)
+
+_ss2d_op.register_autograd(_ss2d_op_backward, setup_context=_ss2d_op_setup)
