@@ -12,11 +12,11 @@ from .transforms import apply_transform, TRANSFORM_NAMES
 
 # %% auto #0
 __all__ = ['MANIFEST_COLUMNS', 'EMBEDDED_SHAPES', 'EMBEDDED_TEXTURES', 'EMBEDDED_COLOURS', 'EMBEDDED_CLASSES', 'EMBEDDED_VERSION',
-           'EMBEDDED_PARAMS', 'SAMPLE_PHOTOS', 'ImageDecodeError', 'load_image', 'common_geometry', 'native_geometry',
-           'write_manifest', 'read_manifest', 'usable', 'imagenet_classes', 'detect_imagenet_layout',
+           'EMBEDDED_PARAMS', 'POOL_START', 'SAMPLE_PHOTOS', 'ImageDecodeError', 'load_image', 'common_geometry',
+           'native_geometry', 'write_manifest', 'read_manifest', 'usable', 'imagenet_classes', 'detect_imagenet_layout',
            'imagenet_val_manifest', 'sample_per_class', 'sampling_order', 'verify_images', 'imagenet_subset',
            'TransformedImageDataset', 'materialize', 'render_embedded', 'embedded_fingerprint', 'embedded_dataset',
-           'sample_photos']
+           'embedded_pool', 'sample_photos']
 
 # %% ../nbs/05_data.ipynb #e6bf70ee
 class ImageDecodeError(OSError):
@@ -352,13 +352,14 @@ def materialize(manifest:pd.DataFrame, out, # output folder
 # %% ../nbs/05_data.ipynb #cb6ada10
 EMBEDDED_SHAPES, EMBEDDED_TEXTURES, EMBEDDED_COLOURS = ('disc', 'bar', 'cross'), ('solid', 'striped'), ('warm', 'cool')
 EMBEDDED_CLASSES = tuple(f'{c}_{t}_{s}' for c in EMBEDDED_COLOURS for t in EMBEDDED_TEXTURES for s in EMBEDDED_SHAPES)
-EMBEDDED_VERSION = 4
+EMBEDDED_VERSION = 5
 # nuisance ranges (fractions of the image side; colours as HSV in [0, 1])
 EMBEDDED_PARAMS = dict(
     hue=dict(warm=(-0.07, 0.15), cool=(0.47, 0.68)),  # red..yellow vs cyan..blue (fraction of the colour circle)
     saturation=(0.6, 1.0), value=(0.6, 1.0),          # clearly coloured objects
-    radius=(0.22, 0.32),                              # object size (all shapes have about the area of this disc)
+    radius=(0.27, 0.34),                              # object size (all shapes have about the area of this disc)
     stripe_period=(0.12, 0.2), stripe_dark=(0.2, 0.4), # stripe width and the dark stripes' value factor
+    rotation=(0, 360),                                # object orientation, degrees
     background_saturation=(0, 0.3), distractors=(0, 0), distractor_radius=(0.03, 0.07), occlusion=0.0,
     noise=(0, 0.01))                                  # distractor rings and occlusion: off since version 4
 
@@ -384,8 +385,9 @@ def _signed_distance(kind:str, x, y, r):
 def render_embedded(label:int, # index into EMBEDDED_CLASSES
                     index:int, # image index within the class
                     size:int=64, # output size (32..224)
-                    seed:int=0)->np.ndarray:
-    "One embedded image, uint8 (size, size, 3), determined by (label, index, size, seed)."
+                    seed:int=0,
+                    with_mask:bool=False)->np.ndarray: # also return the object's mask: bool (size, size), coverage > 1/2
+    "One embedded image, uint8 (size, size, 3), determined by (label, index, size, seed) (and its object mask)."
     colour, texture, shape = EMBEDDED_CLASSES[label].split('_')
     p = EMBEDDED_PARAMS; rng = np.random.default_rng(stable_seed(seed, 'embedded', EMBEDDED_VERSION, label, index))
     yy, xx = _grid(size)
@@ -399,7 +401,7 @@ def render_embedded(label:int, # index into EMBEDDED_CLASSES
         return img * (1 - a) + a * _hsv(rng.random(), rng.uniform(0.2, 1), rng.uniform(0.3, 1))
     for _ in range(rng.integers(p['distractors'][0], p['distractors'][1] + 1)): img = distractor(img)
     r = rng.uniform(*p['radius']); cx, cy = rng.uniform(0.5 - (0.45 - r), 0.5 + (0.45 - r), 2)
-    th = rng.uniform(0, 2 * np.pi); dx, dy = xx - cx, yy - cy
+    th = np.deg2rad(rng.uniform(*p['rotation'])); dx, dy = xx - cx, yy - cy
     x, y = np.cos(th) * dx + np.sin(th) * dy, -np.sin(th) * dx + np.cos(th) * dy
     fg = _hsv(rng.uniform(*p['hue'][colour]), rng.uniform(*p['saturation']), rng.uniform(*p['value']))
     col = fg
@@ -412,7 +414,8 @@ def render_embedded(label:int, # index into EMBEDDED_CLASSES
     img = img * (1 - a) + a * col
     if rng.random() < p['occlusion']: img = distractor(img)  # may cover part of the object
     img = img + rng.uniform(*p['noise']) * rng.standard_normal(img.shape, dtype=np.float32)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return (img, a[..., 0] > 0.5) if with_mask else img
 
 def _write_class(args)->list:
     "Render and write one class's images; returns its manifest rows."
@@ -472,6 +475,33 @@ def embedded_dataset(root=None, # folder to write to (default: `cache_dir('embed
             return root, read_manifest(mpath)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return root, m
+
+# %% ../nbs/05_data.ipynb #6d7580e2
+POOL_START = 1_000_000   # image indices of training pools start here; val/test files use 0..n_per_class-1
+
+def _render_chunk(args)->np.ndarray:
+    labels, idx, size, seed = args
+    return np.stack([render_embedded(int(l), int(i), size, seed) for l, i in zip(labels, idx)])
+
+def embedded_pool(n:int, # images in all (class-balanced: label i % n_classes)
+                  image_size:int=32, seed:int=0,
+                  workers:int|None=None)->tuple:
+    "A cached pool of `n` fresh training images: uint8 tensor (n, 3, H, W) and labels (n,), class-interleaved."
+    import torch
+    k = len(EMBEDDED_CLASSES)
+    labels = np.arange(n) % k; idx = POOL_START + np.arange(n) // k
+    f = cache_dir('embedded', f'pool-{embedded_fingerprint()}-{image_size}px-seed{seed}')/f'{n}.npy'
+    if f.is_file(): x = np.load(f)
+    else:
+        chunks = [(labels[i:i + 2048], idx[i:i + 2048], image_size, seed) for i in range(0, n, 2048)]
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        if workers > 1 and len(chunks) > 1:
+            import concurrent.futures as cf, multiprocessing as mp
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context('fork' if os.name == 'posix' else 'spawn')) as ex:
+                x = np.concatenate(list(ex.map(_render_chunk, chunks)))
+        else: x = np.concatenate([_render_chunk(c) for c in chunks])
+        with atomic_write(f, 'wb') as fh: np.save(fh, x)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels.astype(np.int64))
 
 # %% ../nbs/05_data.ipynb #8baac9a9
 SAMPLE_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'immunohistochemistry', 'colorwheel')

@@ -8,6 +8,7 @@ import importlib.util, json, os, time, traceback
 from pathlib import Path
 import pandas as pd
 from .core import atomic_write, save_json, env_info, format_env_info, markdown_table
+from .ministudy import arch_of
 
 # %% auto #0
 __all__ = ['robustness_section', 'finetune_section', 'write_report', 'run_demo']
@@ -19,31 +20,53 @@ def _rel(p, root)->str: return os.path.relpath(p, root)
 
 
 # %% ../nbs/11_demo.ipynb #c799ab6c
+def _consistency_lines(cmp:pd.DataFrame, severity:int=0)->list:
+    "One line per architecture pair: on how many transforms the difference holds in every seed, and which."
+    out, c0 = [], cmp[(cmp.severity == severity) & (cmp['transform'] != 'clean')]
+    for (a, b), g in c0.groupby(['model_a', 'model_b'], sort=False):
+        ok = g[g.consistent]
+        out.append(f"- **{a} vs {b}**: consistent on {len(ok)} of {len(g)} transforms"
+                   + (f" ({', '.join(f'{r.transform}: {r.verdict}, {r.diff:+.1f} points' for r in ok.itertuples())})" if len(ok)
+                      else ' — the two are indistinguishable here'))
+    return out
+
 def robustness_section(res:dict, root:Path)->str:
-    "Markdown for the robustness part of the report."
-    acc, pairs, run_dir = res['accuracy'], res['pairs'], Path(res['run_dir'])
-    models = list(res['trained'])
-    clean = pd.DataFrame([dict(model=k, params=f"{v['params']/1e6:.2f}M", val_top1=v['val_top1'],
-                               test_clean_top1=float(acc[(acc.model == k) & (acc['transform'] == 'clean')].top1.iloc[0]))
-                          for k, v in res['trained'].items()])
-    rep = acc[acc.severity == 0].pivot_table(index='transform', columns='model', values='top1')[models]
+    "Markdown for the robustness part of the report (architecture level: mean and spread over training seeds)."
+    sa, cmp, fac, pairs = res['seed_accuracy'], res['seed_pairs'], res['factors'], res['pairs']
+    archs = list(dict.fromkeys(sa.model)); seeds = sorted({v['seed'] for v in res['trained'].values()})
+    cl = sa[sa['transform'] == 'clean'].set_index('model').loc[archs]
+    val = pd.DataFrame(res['trained'].values()).groupby('arch').val_top1.mean()
+    params = pd.DataFrame(res['trained'].values()).groupby('arch').params.first()
+    clean = pd.DataFrame(dict(architecture=archs, params=[f'{params[a]/1e6:.2f}M' for a in archs],
+                              **{f'seed {s}': cl[f'top1_s{s}'].to_numpy() for s in seeds},
+                              test_top1=[f'{r.top1:.1f} ± {r.top1_sd:.1f}' for r in cl.itertuples()],
+                              val_top1=val.reindex(archs).to_numpy()))
+    fac = fac.set_index('arch').loc[archs].reset_index().rename(columns=dict(arch='architecture'))
+    rep = sa[sa.severity == 0].pivot_table(index='transform', columns='model', values='top1')[archs]
     rep = rep.loc[rep.mean(1).sort_values(ascending=False).index].reset_index()
+    n_img = int(res['accuracy'].n.iloc[0])
     s = ['## 1. Robustness (embedded mini-study)', '',
-         f"Three tiny models of matched size trained from scratch on the embedded dataset; "
-         f"{int(acc.n.iloc[0])} held-out test images, identical pixels for every model. "
-         "These are synthetic-task results of tiny models, not ImageNet numbers.", '',
-         markdown_table(clean), '', '### Top-1 (%) per transform (report configuration)', '', markdown_table(rep), '']
-    for name, title in [('figure2_best_worst', 'Figure 2: best and worst transforms'), ('severity_curves', 'Accuracy vs severity'), ('heatmap', 'Model x transform')]:
+         f"Three tiny models of matched size, each trained from scratch with {len(seeds)} seeds on freshly generated "
+         f"images; {n_img} held-out test images, identical pixels for every model. These are synthetic-task results "
+         "of tiny models, not ImageNet numbers.", '', '### Clean test top-1 (%) per training seed', '',
+         markdown_table(clean), '', 'Accuracy of each factor of the class (clean test images, mean over seeds):', '',
+         markdown_table(fac), '']
+    for name, title in [('learning_curves', 'Learning curves (validation top-1, one line per seed)'),
+                        ('figure2_best_worst', 'Figure 2: best and worst transforms (mean over seeds; whiskers: range over seeds)'),
+                        ('severity_curves', 'Accuracy vs severity (mean over seeds)'), ('heatmap', 'Architecture x transform (mean over seeds)')]:
         if name in res['files']: s += [f'### {title}', '', f"![{title}]({_rel(res['files'][name], root)})", '']
-    if len(pairs):
-        p0 = pairs[pairs.severity == 0]
-        n_sig = p0.groupby(['model_a', 'model_b']).significant.sum()
-        s += ['### Paired comparisons (McNemar, Holm-corrected, report configuration)', '']
-        for (a, b), k in n_sig.items():
-            wins = p0[(p0.model_a == a) & (p0.model_b == b) & p0.significant]
-            s.append(f"- {a} vs {b}: significant on {k} of {len(p0[(p0.model_a == a) & (p0.model_b == b)])} transforms"
-                     + (f" ({', '.join(f'{r.transform}: {r.verdict}' for r in wins.itertuples())})" if k else ''))
-        s.append('')
+    s += ['### Top-1 (%) per transform, mean over seeds (report configuration)', '', markdown_table(rep), '']
+    if len(cmp):
+        s += ['### Architecture comparisons across seeds', '',
+              f"A difference is called consistent when the pooled exact McNemar test over seeds × images is significant "
+              f"(Holm-corrected over the transforms) *and* every one of the {len(seeds)} seeds' differences has the same sign.", '']
+        s += _consistency_lines(cmp) + ['']
+    if len(pairs):   # what one training run per architecture would have claimed
+        p0 = pairs[(pairs.severity == 0) & (pairs['transform'] != 'clean')]
+        per = p0.assign(arch_a=p0.model_a.map(arch_of), arch_b=p0.model_b.map(arch_of), seed=p0.model_a.str.rpartition('-s')[2])
+        n = per.groupby(['arch_a', 'arch_b', 'seed'], sort=False).significant.sum().unstack('seed')
+        s += ['Significant transforms by a per-image McNemar test on *one* seed of each (what a single training run would '
+              'have reported):', '', markdown_table(n.reset_index().rename(columns=lambda c: f'seed {c}' if c.isdigit() else c)), '']
     return '\n'.join(s)
 
 # %% ../nbs/11_demo.ipynb #5ae2b1ce
@@ -62,8 +85,9 @@ def write_report(out_dir, sections:list, meta:dict)->dict:
     import mistune
     out_dir = Path(out_dir)
     md = '\n\n'.join(['# ssm_explore demo report', f"Made by `ssm-explore demo{' --quick' if meta.get('quick') else ''}` "
-                      f"in {meta['seconds']/60:.1f} minutes on {meta['device']} ({meta['threads']} threads), "
-                      f"ssm_explore {meta['version']}."] + sections)
+                      f"on {meta['device']} ({meta['threads']} threads), ssm_explore {meta['version']}. Every number and "
+                      "figure here is a function of the settings: the same command gives the same bytes (wall times are in "
+                      "`demo.json`)."] + sections)
     with atomic_write(out_dir/'report.md') as f: f.write(md)
     body = mistune.html(md)
     page = ('<!doctype html><html><head><meta charset="utf-8"><title>ssm_explore demo report</title>'
@@ -81,24 +105,34 @@ def run_demo(out_dir='runs/demo', # the report folder
     import torch, ssm_explore
     from ssm_explore.ministudy import MiniStudyConfig, run_mini_study
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); t0 = time.perf_counter()
-    sections, results = [], {}
+    sections, results, seconds = [], {}, {}
     cfg = MiniStudyConfig.quick() if quick else MiniStudyConfig()
+    def part(name, title, make, section):
+        print(f'== {title}'); t = time.perf_counter(); r = make()
+        results[name] = r; sections.append(section(r)); seconds[name] = time.perf_counter() - t
     if 'robustness' in parts:
-        print('== 1. robustness mini-study'); r = run_mini_study(out_dir, cfg, progress=progress)
-        results['robustness'] = r; sections.append(robustness_section(r, out_dir))
+        part('robustness', '1. robustness mini-study', lambda: run_mini_study(out_dir, cfg, progress=progress),
+             lambda r: robustness_section(r, out_dir))
     if 'explain' in parts and _has('ssm_explore.explain'):
         from ssm_explore.explain import run_explain_study
-        print('== 2. explanations'); r = run_explain_study(out_dir/'explain', results.get('robustness'), quick=quick)
-        results['explain'] = r; sections.append(r.get('markdown', ''))
+        from ssm_explore.grounding import score_explanations
+        def explain():
+            r = run_explain_study(out_dir/'explain', results.get('robustness'), quick=quick)
+            if 'robustness' in results:   # scores against the generator's masks (needs the mini-study's models)
+                r['ground_truth'] = score_explanations(results['robustness'], out_dir/'explain'/'ground_truth',
+                                                       per_class=1 if quick else 2, fv_steps=64 if quick else 256, progress=progress)
+            return r
+        part('explain', '2. explanations', explain,
+             lambda r: r.get('markdown', '') + ('\n' + r['ground_truth']['markdown_for'](out_dir) if 'ground_truth' in r else ''))
     if 'finetune' in parts and _has('ssm_explore.finetune'):
-        from ssm_explore.finetune import run_finetune_study
-        print('== 3. U-Mamba fine-tuning regimes'); r = run_finetune_study(out_dir/'finetune', quick=True, progress=progress)   # the short version; `ssm-explore finetune` runs the full one
-        results['finetune'] = r; sections.append(finetune_section(r, out_dir))
+        from ssm_explore.finetune import run_finetune_study   # the short version; `ssm-explore finetune` runs the full one
+        part('finetune', '3. U-Mamba fine-tuning regimes', lambda: run_finetune_study(out_dir/'finetune', quick=True, progress=progress),
+             lambda r: finetune_section(r, out_dir))
     env = env_info()
-    meta = dict(quick=quick, seconds=time.perf_counter() - t0, device=(env['devices'] or ['cpu'])[0],
-                threads=env['torch_threads'], version=ssm_explore.__version__)
+    meta = dict(quick=quick, device=(env['devices'] or ['cpu'])[0], threads=env['torch_threads'], version=ssm_explore.__version__)
     results['report'] = write_report(out_dir, sections, meta)
-    save_json(dict(meta, parts=list(results)), out_dir/'demo.json')
-    print(f"report: {results['report']['md']} and {results['report']['html']} ({meta['seconds']/60:.1f} min)")
+    total = time.perf_counter() - t0
+    save_json(dict(meta, parts=list(results), seconds=total, part_seconds=seconds), out_dir/'demo.json')
+    print(f"report: {results['report']['md']} and {results['report']['html']} ({total/60:.1f} min: "
+          + ', '.join(f'{k} {v/60:.1f}' for k, v in seconds.items()) + ')')
     return results
-

@@ -271,20 +271,22 @@ def per_class_accuracy(results:pd.DataFrame)->pd.DataFrame:
     return (results.groupby(['model', 'transform', 'severity', 'label']).correct.mean().mul(100)
             .rename('top1').reset_index())
 
-def paired_comparisons(results:pd.DataFrame, n_boot:int=1000, seed:int=0, alpha:float=0.05)->pd.DataFrame:
+def paired_comparisons(results:pd.DataFrame, n_boot:int=1000, seed:int=0, alpha:float=0.05,
+                       pairs:list|None=None, # (model_a, model_b) pairs to compare (default: every pair)
+                      )->pd.DataFrame:
     "For every pair of models and every (transform, severity): accuracy difference, paired CI, McNemar p (Holm)."
     models = list(dict.fromkeys(results.model)); rows = []
-    for i, a in enumerate(models):
-        for b in models[i+1:]:
-            for (t, s), g in results[results.model.isin([a, b])].groupby(['transform', 'severity'], sort=False):
-                w = g.pivot_table(index='image_id', columns='model', values='correct')
-                if a not in w or b not in w: continue
-                w = w.dropna()
-                ca, cb = w[a].to_numpy(), w[b].to_numpy()
-                lo, hi = bootstrap_ci(np.stack([ca, cb], 1), n_boot, seed=seed)
-                rows.append(dict(model_a=a, model_b=b, transform=t, severity=int(s), n=len(w), top1_a=100 * ca.mean(),
-                                 top1_b=100 * cb.mean(), diff=100 * (ca.mean() - cb.mean()), diff_lo=100 * lo, diff_hi=100 * hi,
-                                 **mcnemar_test(ca, cb)))
+    pairs = pairs if pairs is not None else [(a, b) for i, a in enumerate(models) for b in models[i+1:]]
+    for a, b in pairs:
+        for (t, s), g in results[results.model.isin([a, b])].groupby(['transform', 'severity'], sort=False):
+            w = g.pivot_table(index='image_id', columns='model', values='correct')
+            if a not in w or b not in w: continue
+            w = w.dropna()
+            ca, cb = w[a].to_numpy(), w[b].to_numpy()
+            lo, hi = bootstrap_ci(np.stack([ca, cb], 1), n_boot, seed=seed)
+            rows.append(dict(model_a=a, model_b=b, transform=t, severity=int(s), n=len(w), top1_a=100 * ca.mean(),
+                             top1_b=100 * cb.mean(), diff=100 * (ca.mean() - cb.mean()), diff_lo=100 * lo, diff_hi=100 * hi,
+                             **mcnemar_test(ca, cb)))
     df = pd.DataFrame(rows)
     if len(df):
         df['p_holm'] = np.concatenate([holm(g.p_value.to_numpy()) for _, g in df.groupby(['model_a', 'model_b'], sort=False)])
@@ -418,12 +420,14 @@ def run_differences(old:dict, new:dict)->list:
     return out
 
 # %% ../nbs/06_evaluate.ipynb #343d74dd
-def summarize_run(results:pd.DataFrame, run_dir, models:list|None=None, n_boot:int=1000, seed:int=0, k:int=8)->dict:
+def summarize_run(results:pd.DataFrame, run_dir, models:list|None=None, n_boot:int=1000, seed:int=0, k:int=8,
+                  pairs:list|None=None, # model pairs of the paired comparisons (default: every pair)
+                  figures:bool=True)->dict:
     "Write tables (CSV + Markdown) and figures (PNG) of a finished run; return their paths and the tables."
     import matplotlib.pyplot as plt
     run_dir = Path(run_dir); (run_dir/'tables').mkdir(exist_ok=True, parents=True); (run_dir/'figures').mkdir(exist_ok=True)
     models = models or list(dict.fromkeys(results.model))
-    acc = accuracy_table(results, n_boot, seed); pairs = paired_comparisons(results, n_boot, seed)
+    acc = accuracy_table(results, n_boot, seed); pairs = paired_comparisons(results, n_boot, seed, pairs=pairs)
     per_class = per_class_accuracy(results)
     out = dict(accuracy=acc, pairs=pairs, per_class=per_class, files={})
     for name, df in [('accuracy', acc), ('pairs', pairs), ('per_class', per_class)]:
@@ -433,7 +437,7 @@ def summarize_run(results:pd.DataFrame, run_dir, models:list|None=None, n_boot:i
     figs = [('figure2_best_worst', lambda: plot_best_worst(acc, k, models=models)),
             ('heatmap', lambda: plot_heatmap(acc, models=models))]
     if (acc.severity > 0).any(): figs.append(('severity_curves', lambda: plot_severity_curves(acc, models=models)))
-    for name, make in figs:
+    for name, make in (figs if figures else []):
         fig = make(); p = run_dir/'figures'/f'{name}.png'
         with atomic_write(p, 'wb') as f: fig.savefig(f, dpi=110, format='png')
         plt.close(fig); out['files'][name] = p

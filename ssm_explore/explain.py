@@ -545,9 +545,9 @@ def _case_markdown(case, t_name, p_name, preds, mean, win, routes, abl, files, b
 # %% ../nbs/07_explain.ipynb #f4f42bfb
 def embedded_images(robustness:dict, image_ids:list, transform:str='clean', severity:int=0)->tuple:
     "uint8 images (n, H, W, 3) and labels of mini-study test images, under a transform, exactly as evaluated."
-    from ssm_explore.data import embedded_dataset, read_manifest, TransformedImageDataset
+    from ssm_explore.data import read_manifest, TransformedImageDataset
     cfg = robustness['config']
-    root, _ = embedded_dataset(n_per_class=cfg.n_per_class, image_size=cfg.image_size, seed=cfg.seed)
+    root, _ = cfg.dataset()
     man = read_manifest(Path(robustness['run_dir'])/'manifest.csv').set_index('image_id')
     missing = [i for i in image_ids if i not in man.index]
     if missing: raise KeyError(f"image ids not in {Path(robustness['run_dir'])/'manifest.csv'}: {missing[:3]}")
@@ -570,8 +570,12 @@ def run_explain_study(out_dir, # report folder for this part (figures, tables, e
     if robustness is None:
         from ssm_explore.ministudy import run_mini_study, MiniStudyConfig
         robustness = run_mini_study(out/'mini_study', MiniStudyConfig.quick(), progress=progress)
-    models = {k: v['model'] for k, v in robustness['trained'].items()}
-    res = robustness['results']; res = res[res.severity == 0]
+    # one model per architecture (its first training seed); its results under the architecture's name
+    first = {}
+    for k, v in sorted(robustness['trained'].items(), key=lambda kv: kv[1].get('seed', 0)): first.setdefault(v.get('arch', k), k)
+    models = {a: robustness['trained'][k]['model'] for a, k in first.items()}
+    res = robustness['results']; res = res[(res.severity == 0) & res.model.isin(list(first.values()))]
+    res = res.assign(model=res.model.map({k: a for a, k in first.items()}))
     model = model or next((k for k in models if 'vmamba' in k), next(iter(models)))
     conf = pd.concat([new_confusions(res, k, t) for k in models for t in dict.fromkeys(res['transform']) if t != 'clean'],
                      ignore_index=True)

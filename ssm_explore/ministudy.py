@@ -4,40 +4,78 @@
 
 # %% ../nbs/06a_ministudy.ipynb #3d9e1401
 from __future__ import annotations
-import contextlib, hashlib, json, math, time
+import contextlib, copy, hashlib, json, math, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
-from .core import cache_dir, save_json, load_json, seed_everything
+from .core import atomic_write, cache_dir, save_json, load_json, seed_everything, markdown_table
 from .checkpoint import read_checkpoint, save_checkpoint
 from .evaluate import (Normalized, evaluate, severity_plan, prepare_run, describe_model, summarize_run,
                                   load_results)
 
 # %% auto #0
-__all__ = ['MINI_MODELS', 'create_mini_model', 'n_params', 'augment_batch', 'accuracy', 'train_classifier', 'MiniStudyConfig',
-           'load_split', 'train_mini_models', 'run_mini_study', 'print_mini_summary']
+__all__ = ['MINI_MODELS', 'MINI_BUILDERS', 'create_mini_model', 'n_params', 'mini_name', 'arch_of', 'one_per_arch',
+           'CroppedDepthwiseConv2d', 'crop_depthwise', 'augment_batch', 'accuracy', 'train_classifier',
+           'MiniStudyConfig', 'load_split', 'train_mini_models', 'seed_accuracy', 'seed_comparisons', 'factor_accuracy',
+           'plot_learning_curves', 'seed_summary', 'run_mini_study', 'print_mini_summary']
 
 # %% ../nbs/06a_ministudy.ipynb #9bc808e3
-MINI_MODELS = {
-    'vmamba_mini':   dict(arch='vmamba',   depths=(2, 2, 4, 2), dims=24),
-    'swin_mini':     dict(arch='swin',     depths=(2, 2, 2, 2), embed_dim=32, num_heads=(2, 4, 8, 16), window_size=4),
-    'convnext_mini': dict(arch='convnext', depths=(2, 2, 4, 2), dims=(32, 64, 128, 256)),
+MINI_MODELS = {  # name: architecture, its sizes, and lr: the AdamW peak learning rate of its recipe
+    'vmamba_mini':   dict(arch='vmamba',   depths=(2, 2, 4, 2), dims=24, lr=1e-3),
+    'swin_mini':     dict(arch='swin',     depths=(2, 2, 2, 2), embed_dim=32, num_heads=(2, 4, 8, 16), window_size=4, lr=1e-3),
+    'convnext_mini': dict(arch='convnext', depths=(2, 2, 4, 2), dims=(32, 64, 128, 256), lr=3e-3),
 }
 
-def create_mini_model(name:str, num_classes:int, image_size:int=64)->nn.Module:
+def _vmamba(num_classes, image_size, **kw):
+    from ssm_explore.vmamba import VSSM
+    return VSSM(num_classes=num_classes, **kw)
+
+def _timm(base:str, sized:bool):
+    def build(num_classes, image_size, **kw):
+        import timm
+        return timm.create_model(base, pretrained=False, num_classes=num_classes, **(dict(img_size=image_size) if sized else {}), **kw)
+    return build
+
+MINI_BUILDERS = {'vmamba': _vmamba, 'swin': _timm('swin_tiny_patch4_window7_224', True), 'convnext': _timm('convnext_atto', False)}
+
+def create_mini_model(name:str, num_classes:int, image_size:int=32)->nn.Module:
     "One of the `MINI_MODELS`, randomly initialised."
-    import timm
-    cfg = dict(MINI_MODELS[name]); arch = cfg.pop('arch')
-    if arch == 'vmamba':
-        from ssm_explore.vmamba import VSSM
-        return VSSM(num_classes=num_classes, **cfg)
-    if arch == 'swin':
-        return timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=num_classes, img_size=image_size, **cfg)
-    if arch == 'convnext':
-        return timm.create_model('convnext_atto', pretrained=False, num_classes=num_classes, **cfg)
-    raise KeyError(f'unknown mini model {name!r}; known: {sorted(MINI_MODELS)}')
+    if name not in MINI_MODELS: raise KeyError(f'unknown mini model {name!r}; known: {sorted(MINI_MODELS)}')
+    cfg = {k: v for k, v in MINI_MODELS[name].items() if k not in ('arch', 'lr')}
+    return crop_depthwise(MINI_BUILDERS[MINI_MODELS[name]['arch']](num_classes, image_size, **cfg))
 
 def n_params(m:nn.Module)->int: return sum(p.numel() for p in m.parameters())
+
+def mini_name(name:str, seed:int)->str: return f'{name}-s{seed}'
+def arch_of(model:str)->str:
+    "'vmamba_mini-s2' -> 'vmamba_mini' (a name without a seed is returned as it is)."
+    base, _, s = model.rpartition('-s')
+    return base if base and s.isdigit() else model
+
+def one_per_arch(trained:dict)->dict:
+    "{architecture: `Normalized` model of its first seed} from `train_mini_models`' output (for pictures of one model each)."
+    out = {}
+    for k, v in sorted(trained.items(), key=lambda kv: kv[1].get('seed', 0)): out.setdefault(v.get('arch', k), v['model'])
+    return {a: out[a] for a in dict.fromkeys(v.get('arch', k) for k, v in trained.items())}
+
+# %% ../nbs/06a_ministudy.ipynb #19f6016d
+class CroppedDepthwiseConv2d(nn.Conv2d):
+    "A depthwise `nn.Conv2d` ('same' padding, stride 1) that skips the taps which can only ever see padding."
+    def forward(self, x:torch.Tensor)->torch.Tensor:
+        (kh, kw), (h, w) = self.kernel_size, x.shape[-2:]
+        ch, cw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
+        if (ch, cw) == (kh, kw): return super().forward(x)
+        oh, ow = (kh - ch) // 2, (kw - cw) // 2
+        return F.conv2d(x, self.weight[:, :, oh:oh + ch, ow:ow + cw], self.bias, 1, (ch // 2, cw // 2), 1, self.groups)
+
+def crop_depthwise(model:nn.Module)->nn.Module:
+    "Turn every odd-sized, 'same'-padded, stride-1 depthwise conv of `model` into a `CroppedDepthwiseConv2d` (in place)."
+    for m in model.modules():
+        if (type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.stride == (1, 1)
+                and m.dilation == (1, 1) and all(k % 2 and p == k // 2 for k, p in zip(m.kernel_size, m.padding))
+                and m.padding_mode == 'zeros'):
+            m.__class__ = CroppedDepthwiseConv2d
+    return model
 
 # %% ../nbs/06a_ministudy.ipynb #c7ca78d5
 def augment_batch(x:torch.Tensor, # (B,3,H,W) uint8
@@ -62,56 +100,80 @@ def accuracy(model:Normalized, x:torch.Tensor, y:torch.Tensor, batch_size:int=25
     pred = torch.cat([model(x[i:i+batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
     return float((pred == y).float().mean())
 
-def train_classifier(model:nn.Module, train:tuple, val:tuple, # (uint8 images (N,3,H,W), labels (N,))
-                     epochs:int=10, batch_size:int=64, lr:float=2e-3, weight_decay:float=0.05, warmup:float=0.1,
-                     seed:int=0, progress:bool=True, desc:str='train')->tuple:
-    "Train `model` with augmentation; returns (`Normalized` model with the best validation weights, history list)."
+def _param_groups(model:nn.Module, weight_decay:float)->list:
+    "AdamW groups: weight decay on weight matrices only (not norms, biases or the model's `no_weight_decay()`)."
+    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
+    named = list(model.named_parameters())
+    return [dict(params=[p for n, p in named if p.ndim > 1 and n not in skip], weight_decay=weight_decay),
+            dict(params=[p for n, p in named if p.ndim <= 1 or n in skip], weight_decay=0.0)]
+
+def train_classifier(model:nn.Module,
+                     train:tuple, # the pool: uint8 images (N,3,H,W), labels (N,); steps draw from it in a seeded order
+                     val:tuple,   # uint8 images and labels for the learning curve
+                     steps:int=400, batch_size:int=128, lr:float=1e-3, weight_decay:float=0.05,
+                     warmup:int=40, # linear warm-up steps, then cosine decay to 0
+                     eval_every:int=50, seed:int=0,
+                     augment:bool=False, # `augment_batch` on every batch (a fresh pool needs none)
+                     progress:bool=True, desc:str='train')->tuple:
+    "Train `model` for `steps` batches; returns (`Normalized` model with the final weights, learning curve)."
     from tqdm.auto import tqdm
     seed_everything(seed); g = torch.Generator().manual_seed(seed)
-    net = Normalized(model); xtr, ytr = train; xva, yva = val
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]; no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0)], lr=lr)
-    steps_per_epoch = math.ceil(len(xtr) / batch_size); total = epochs * steps_per_epoch; warm = max(1, int(warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, i / total))))
-    crit = nn.CrossEntropyLoss(label_smoothing=0.1); hist = []; best = (-1, None)
-    for ep in range(epochs):
-        net.train(); t0 = time.perf_counter(); perm = torch.randperm(len(xtr), generator=g); tot = 0.0
-        for i in tqdm(range(steps_per_epoch), desc=f'{desc} epoch {ep+1}/{epochs}', leave=False, disable=not progress):
-            idx = perm[i*batch_size:(i+1)*batch_size]
-            xb = (augment_batch(xtr[idx], g) - net.mean) / net.std
-            loss = crit(model(xb.contiguous(memory_format=torch.channels_last)), ytr[idx])
-            opt.zero_grad(set_to_none=True); loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0); opt.step(); sched.step(); tot += loss.item() * len(idx)
-        acc = accuracy(net, xva, yva)
-        hist.append(dict(epoch=ep + 1, train_loss=tot / len(xtr), val_top1=100 * acc, seconds=time.perf_counter() - t0))
-        if acc > best[0]: best = (acc, {k: v.detach().clone() for k, v in model.state_dict().items()})
-    model.load_state_dict(best[1]); net.eval()
+    net = Normalized(model); (xtr, ytr), (xva, yva) = train, val
+    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1, (i + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(1, i / steps))))
+    crit = nn.CrossEntropyLoss(label_smoothing=0.1); hist, tot = [], 0.0
+    order = torch.empty(0, dtype=torch.long)
+    for step in tqdm(range(steps), desc=desc, leave=False, disable=not progress):
+        if len(order) < batch_size: order = torch.cat([order, torch.randperm(len(xtr), generator=g)])
+        idx, order = order[:batch_size], order[batch_size:]
+        net.train()
+        xb = ((augment_batch(xtr[idx], g) if augment else xtr[idx].float()) - net.mean) / net.std
+        loss = crit(model(xb.contiguous(memory_format=torch.channels_last)), ytr[idx])
+        opt.zero_grad(set_to_none=True); loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0); opt.step(); sched.step(); tot += loss.item()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            hist.append(dict(step=step + 1, train_loss=tot / (step % eval_every + 1), val_top1=100 * accuracy(net, xva, yva)))
+            tot = 0.0
+    net.eval()
     return net, hist
 
 # %% ../nbs/06a_ministudy.ipynb #829feb5a
 @dataclass
 class MiniStudyConfig:
     "Settings of the embedded mini-study (the defaults are `ssm-explore demo`; `quick()` is the CI-sized run)."
-    image_size:int = 64      # pixels of the embedded images
-    n_per_class:int = 200    # images generated per class (60/20/20 % train/val/test)
+    image_size:int = 32      # pixels of the embedded images
+    n_per_class:int = 40     # validation + test files per class (half each); training images come from the pool
     test_per_class:int = 15  # test images per class used in the robustness study (the report's 15)
-    epochs:int = 10
-    batch_size:int = 64
-    lr:float = 2e-3
+    steps:int = 400          # training steps per model, each a batch of images no earlier step saw
+    batch_size:int = 128
+    warmup:int = 40          # linear warm-up steps
+    augment:bool = False     # random crop/flip/jitter per batch (not needed: every image is new)
+    seeds:tuple = (0, 1, 2)  # training seeds per architecture (initialisation, batch order, augmentation)
     severities:str|tuple = 'all'  # 'report' (severity 0 only) or 'all' (0-5)
-    seed:int = 0
+    seed:int = 0             # which embedded images (dataset seed), and the transforms' seed
     models:tuple = tuple(MINI_MODELS)
 
     @classmethod
     def quick(cls, **kw):
-        "The short CI-sized version: fewer images and epochs, the report's severity only (a pipeline check; its models stay near chance)."
-        return cls(**{**dict(n_per_class=60, test_per_class=8, epochs=3, severities='report'), **kw})
+        "The short CI-sized version: two seeds, fewer steps and test images, the report's severity only (a pipeline check)."
+        return cls(**{**dict(steps=60, seeds=(0, 1), test_per_class=8, severities='report'), **kw})
 
-    def train_key(self)->str:
-        "Cache key of the trained models: every setting that changes them, the embedded dataset's version and ranges included."
+    def dataset(self)->tuple:
+        "(root, manifest) of the validation and test files."
+        from ssm_explore.data import embedded_dataset
+        return embedded_dataset(n_per_class=self.n_per_class, image_size=self.image_size, seed=self.seed, splits=(0, 0.5, 0.5))
+
+    def pool(self)->tuple:
+        "The training pool: one fresh image per sample of every step."
+        from ssm_explore.data import embedded_pool
+        return embedded_pool(self.steps * self.batch_size, self.image_size, self.seed)
+
+    def train_key(self, name:str, seed:int)->str:
+        "Cache key of one trained model: every setting that changes it, the embedded dataset's version and ranges included."
         from ssm_explore.data import embedded_fingerprint
-        d = dict(image_size=self.image_size, n_per_class=self.n_per_class, epochs=self.epochs, batch_size=self.batch_size,
-                 lr=self.lr, seed=self.seed, models={k: MINI_MODELS[k] for k in self.models}, v=1,
+        d = dict(image_size=self.image_size, n_per_class=self.n_per_class, steps=self.steps, batch_size=self.batch_size,
+                 warmup=self.warmup, augment=self.augment, data_seed=self.seed, seed=seed, model=MINI_MODELS[name], name=name, v=2,
                  data=embedded_fingerprint())
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -125,37 +187,116 @@ def load_split(manifest:pd.DataFrame, root, split:str)->tuple:
     return x, torch.tensor(m.label.to_numpy().copy(), dtype=torch.long)
 
 def train_mini_models(cfg:MiniStudyConfig, progress:bool=True)->dict:
-    "Train (or load from the cache) each mini model; returns name -> dict(model, history, val_top1, params, checkpoint)."
-    from ssm_explore.data import embedded_dataset
-    root, man = embedded_dataset(n_per_class=cfg.n_per_class, image_size=cfg.image_size, seed=cfg.seed)
-    num_classes = int(man.label.max()) + 1
-    tr, va = load_split(man, root, 'train'), load_split(man, root, 'val')
-    cdir = cache_dir('ministudy', cfg.train_key()); out = {}
-    for i, name in enumerate(cfg.models):
-        ck, meta = cdir/f'{name}.pth', cdir/f'{name}.json'
-        model = create_mini_model(name, num_classes, cfg.image_size)
-        if ck.exists() and meta.exists():
-            model.load_state_dict(read_checkpoint(ck)); info = load_json(meta)
-            net = Normalized(model).eval()
-        else:
-            t0 = time.perf_counter()
-            net, hist = train_classifier(model, tr, va, cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed + i,
-                                         progress=progress, desc=name)
-            info = dict(history=hist, val_top1=max(h['val_top1'] for h in hist), params=n_params(model),
-                        train_seconds=time.perf_counter() - t0, train_images=len(tr[0]), val_images=len(va[0]))
-            save_checkpoint(model.state_dict(), ck); save_json(info, meta)
-        out[name] = dict(model=net, checkpoint=ck, **info)
+    "Train (or load from the cache) every mini model for every seed: 'vmamba_mini-s0' -> dict(model, arch, seed, history, ...)."
+    from ssm_explore.data import EMBEDDED_CLASSES
+    root, man = cfg.dataset(); va = load_split(man, root, 'val'); pool, out = None, {}
+    for name in cfg.models:
+        for s in cfg.seeds:
+            d = cache_dir('ministudy', cfg.train_key(name, s)); ck, meta = d/'model.pth', d/'info.json'
+            model = create_mini_model(name, len(EMBEDDED_CLASSES), cfg.image_size)
+            if ck.is_file() and meta.is_file():
+                model.load_state_dict(read_checkpoint(ck)); info = load_json(meta); net = Normalized(model).eval()
+            else:
+                if pool is None: pool = cfg.pool()
+                t0 = time.perf_counter()
+                net, hist = train_classifier(model, pool, va, cfg.steps, cfg.batch_size, MINI_MODELS[name]['lr'],
+                                             warmup=cfg.warmup, seed=s, augment=cfg.augment, progress=progress, desc=mini_name(name, s))
+                info = dict(history=hist, val_top1=hist[-1]['val_top1'], params=n_params(model),
+                            train_seconds=time.perf_counter() - t0, train_images=cfg.steps * cfg.batch_size)
+                save_checkpoint(model.state_dict(), ck); save_json(info, meta)
+            out[mini_name(name, s)] = dict(model=net, checkpoint=ck, arch=name, seed=s, **info)
     return out
+
+# %% ../nbs/06a_ministudy.ipynb #ba949206
+def seed_accuracy(acc:pd.DataFrame, # `accuracy_table` of the per-seed models ('vmamba_mini-s0', ...)
+                 )->pd.DataFrame:
+    "Per architecture, transform and severity: top-1 of each seed, mean, sd, min, max (as top1, top1_sd, top1_lo, top1_hi)."
+    a = acc.assign(arch=acc.model.map(arch_of), seed=acc.model.map(lambda m: m.rpartition('-s')[2]))
+    g = a.groupby(['arch', 'transform', 'severity'], sort=False).top1
+    out = pd.DataFrame(dict(n_seeds=g.size(), top1=g.mean(), top1_sd=g.std(ddof=1).fillna(0.0), top1_lo=g.min(), top1_hi=g.max()))
+    per = a.pivot_table(index=['arch', 'transform', 'severity'], columns='seed', values='top1', sort=False)
+    per.columns = [f'top1_s{c}' for c in per.columns]
+    return out.join(per).reset_index().rename(columns=dict(arch='model'))
+
+def seed_comparisons(results:pd.DataFrame, # per-image results of the per-seed models
+                     alpha:float=0.05)->pd.DataFrame:
+    "Architecture pairs per (transform, severity): per-seed differences, pooled McNemar over seeds x images, verdict."
+    from ssm_explore.evaluate import mcnemar_test, holm
+    r = results.assign(arch=results.model.map(arch_of), seed=results.model.map(lambda m: m.rpartition('-s')[2]))
+    archs = list(dict.fromkeys(r.arch)); rows = []
+    for i, a in enumerate(archs):
+        for b in archs[i + 1:]:
+            for (t, s), g in r[r.arch.isin([a, b])].groupby(['transform', 'severity'], sort=False):
+                w = g.pivot_table(index=['seed', 'image_id'], columns='arch', values='correct').dropna()
+                if a not in w or b not in w or not len(w): continue
+                d = (w[a] - w[b]).groupby(level='seed').mean() * 100
+                rows.append(dict(model_a=a, model_b=b, transform=t, severity=int(s), n_seeds=len(d), n_images=len(w),
+                                 top1_a=100 * w[a].mean(), top1_b=100 * w[b].mean(), diff=d.mean(), diff_min=d.min(),
+                                 diff_max=d.max(), seeds_a_better=int((d > 0).sum()), seeds_b_better=int((d < 0).sum()),
+                                 **mcnemar_test(w[a].to_numpy(), w[b].to_numpy())))
+    df = pd.DataFrame(rows)
+    if not len(df): return df
+    df['p_holm'] = np.concatenate([holm(g.p_value.to_numpy()) for _, g in df.groupby(['model_a', 'model_b'], sort=False)])
+    same = (df.seeds_a_better == df.n_seeds) | (df.seeds_b_better == df.n_seeds)
+    df['consistent'] = (df.p_holm < alpha) & same & (df.n_seeds > 1)
+    df['verdict'] = np.where(df.consistent, np.where(df['diff'] > 0, df.model_a, df.model_b) + ' better in every seed',
+                             np.where((df.p_holm < alpha) & ~same, 'seeds disagree', 'not distinguishable'))
+    return df
+
+# %% ../nbs/06a_ministudy.ipynb #e7ae02a0
+def factor_accuracy(results:pd.DataFrame, transform:str='clean', severity:int=0)->pd.DataFrame:
+    "Per architecture: top-1 and the accuracy of each factor (colour, texture, shape) of the class, mean over seeds (%)."
+    from ssm_explore.data import EMBEDDED_CLASSES
+    parts = np.array([c.split('_') for c in EMBEDDED_CLASSES])
+    r = results[(results['transform'] == transform) & (results.severity == severity)]
+    ok = lambda f: parts[r.pred.to_numpy(), f] == parts[r.label.to_numpy(), f]
+    r = r.assign(arch=r.model.map(arch_of), colour=ok(0), texture=ok(1), shape=ok(2))
+    return (r.groupby('arch', sort=False)[['correct', 'colour', 'texture', 'shape']].mean().mul(100)
+            .rename(columns=dict(correct='top1')).reset_index())
+
+def plot_learning_curves(trained:dict):
+    "Validation top-1 vs training step, one colour per architecture, one line per seed."
+    import matplotlib.pyplot as plt
+    from ssm_explore.evaluate import _palette
+    archs = list(dict.fromkeys(v['arch'] for v in trained.values())); pal = _palette(archs)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for k, v in trained.items():
+        h = pd.DataFrame(v['history'])
+        ax.plot(h.step, h.val_top1, color=pal[v['arch']], lw=1.2, marker='o', ms=2.5,
+                label=v['arch'] if v['seed'] == min(w['seed'] for w in trained.values() if w['arch'] == v['arch']) else None)
+    ax.set_xlabel('training step'); ax.set_ylabel('validation top-1 (%)'); ax.set_ylim(0, 100); ax.grid(alpha=.3)
+    ax.legend(fontsize=8, loc='lower right'); fig.tight_layout(); return fig
+
+def _save(fig, path:Path)->Path:
+    import matplotlib.pyplot as plt
+    with atomic_write(path, 'wb') as f: fig.savefig(f, dpi=110, format='png', metadata={'Software': None})
+    plt.close(fig); return path
+
+def seed_summary(results:pd.DataFrame, acc:pd.DataFrame, trained:dict, run_dir)->dict:
+    "Across-seed tables (CSV + Markdown) and the architecture-level figures of a mini-study run."
+    from ssm_explore.evaluate import plot_best_worst, plot_heatmap, plot_severity_curves
+    run_dir = Path(run_dir); sacc, cmp = seed_accuracy(acc), seed_comparisons(results)
+    fac = factor_accuracy(results); archs = list(dict.fromkeys(sacc.model)); files = {}
+    for name, df in [('seed_accuracy', sacc), ('seed_comparisons', cmp), ('factor_accuracy', fac)]:
+        with atomic_write(run_dir/'tables'/f'{name}.csv') as f: df.to_csv(f, index=False)
+        with atomic_write(run_dir/'tables'/f'{name}.md') as f: f.write(markdown_table(df, '.4g') + '\n')
+        files[name] = run_dir/'tables'/f'{name}.csv'
+    n = len({v['seed'] for v in trained.values()})
+    figs = [('figure2_best_worst', lambda: plot_best_worst(sacc, 8, models=archs, title=f'mean of {n} seeds; whiskers: range over seeds')),
+            ('heatmap', lambda: plot_heatmap(sacc, models=archs)), ('learning_curves', lambda: plot_learning_curves(trained))]
+    if (sacc.severity > 0).any(): figs.append(('severity_curves', lambda: plot_severity_curves(sacc, models=archs)))
+    for name, make in figs: files[name] = _save(make(), run_dir/'figures'/f'{name}.png')
+    return dict(seed_accuracy=sacc, seed_pairs=cmp, factors=fac, seed_files=files)
 
 # %% ../nbs/06a_ministudy.ipynb #162be3e6
 def run_mini_study(out_dir, # report folder; results go to out_dir/robustness
                    cfg:MiniStudyConfig|None=None, progress:bool=True, num_workers:int=0)->dict:
-    "Train the mini models, evaluate them on every transform and severity, and write tables and figures."
-    from ssm_explore.data import embedded_dataset, TransformedImageDataset
+    "Train the mini models (every seed), evaluate them on every transform and severity, and write tables and figures."
+    from ssm_explore.data import TransformedImageDataset
     from ssm_explore.transforms import TRANSFORM_NAMES, transform_spec
     cfg = cfg or MiniStudyConfig(); out_dir = Path(out_dir); run_dir = out_dir/'robustness'
-    trained = train_mini_models(cfg, progress)
-    root, man = embedded_dataset(n_per_class=cfg.n_per_class, image_size=cfg.image_size, seed=cfg.seed)
+    t0 = time.perf_counter(); trained = train_mini_models(cfg, progress); t_train = time.perf_counter() - t0
+    root, man = cfg.dataset()
     test = (man[man.split == 'test'].groupby('label', group_keys=False).head(cfg.test_per_class)
             .sort_values('image_id').reset_index(drop=True))
     plan = severity_plan(list(TRANSFORM_NAMES), cfg.severities)
@@ -166,20 +307,24 @@ def run_mini_study(out_dir, # report folder; results go to out_dir/robustness
     t0 = time.perf_counter()
     res = evaluate({k: v['model'] for k, v in trained.items()}, ds_fn, run_dir, plan, batch_size=100,
                    num_workers=num_workers, progress=progress)
-    summary = summarize_run(res, run_dir, models=list(trained))
-    clean = {k: dict(val_top1=v['val_top1'], params=v['params'], train_seconds=v.get('train_seconds'))
-             for k, v in trained.items()}
-    save_json(dict(config=asdict(cfg), models=clean, eval_seconds=time.perf_counter() - t0, n_test=len(test)),
-              run_dir/'mini_study.json')
-    return dict(config=cfg, trained=trained, results=res, run_dir=run_dir, **summary)
+    summary = summarize_run(res, run_dir, models=list(trained), pairs=[(mini_name(a, s), mini_name(b, s)) for i, a in enumerate(cfg.models) for b in cfg.models[i + 1:]
+                                                                        for s in cfg.seeds], figures=False)
+    seeds = seed_summary(res, summary['accuracy'], trained, run_dir)
+    summary['files'].update(seeds.pop('seed_files'))
+    models = {k: dict(arch=v['arch'], seed=v['seed'], params=v['params'], val_top1=v['val_top1'],
+                      history=v['history']) for k, v in trained.items()}
+    save_json(dict(config=asdict(cfg), models=models, n_test=len(test)), run_dir/'mini_study.json')
+    save_json(dict(train_seconds=t_train, eval_seconds=time.perf_counter() - t0,   # the one file whose numbers vary by run
+                   per_model={k: v.get('train_seconds') for k, v in trained.items()}), run_dir/'timings.json')
+    return dict(config=cfg, trained=trained, results=res, run_dir=run_dir, **summary, **seeds)
 
 # %% ../nbs/06a_ministudy.ipynb #b80373d8
 def print_mini_summary(res:dict):
-    "Print the clean accuracies and the report-configuration table of a mini-study."
-    acc = res['accuracy']
-    for k, v in res['trained'].items():
-        c = acc[(acc.model == k) & (acc['transform'] == 'clean')].iloc[0]
-        print(f"{k:<15} {v['params']/1e6:.2f}M params  val top-1 {v['val_top1']:.1f}  test clean top-1 {c.top1:.1f} [{c.top1_lo:.1f}, {c.top1_hi:.1f}]")
-    t = acc[acc.severity == 0].pivot_table(index='transform', columns='model', values='top1')
+    "Print the clean accuracies per seed and architecture and the report-configuration table (mean over seeds)."
+    sa = res['seed_accuracy']
+    for _, c in sa[sa['transform'] == 'clean'].iterrows():
+        seeds = ' '.join(f'{c[k]:.1f}' for k in sa.columns if k.startswith('top1_s') and pd.notna(c[k]))
+        print(f"{c.model:<15} test clean top-1 {c.top1:.1f} ± {c.top1_sd:.1f} over {c.n_seeds} seeds ({seeds})")
+    t = sa[sa.severity == 0].pivot_table(index='transform', columns='model', values='top1')
     print(t.loc[t.mean(1).sort_values(ascending=False).index].round(1).to_string())
     print(f"tables and figures in {res['run_dir']}")

@@ -127,7 +127,7 @@ def feature_pair(models:dict, class_names, **kw)->FeaturePair:
     return FeaturePair(models, class_names, **kw)
 
 # %% ../nbs/07b_widgets.ipynb #bdbc02db
-def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (default: the quick mini-study, cached)
+def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (default: the demo's mini-study, cached)
                      n_images:int=6, steps:int=96)->tuple:
     "(CamGrid, FeaturePair) on the mini-study's models and test images (one image per class)."
     from ssm_explore.data import EMBEDDED_CLASSES
@@ -135,13 +135,14 @@ def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (defau
     if robustness is None:
         from ssm_explore.ministudy import run_mini_study, MiniStudyConfig
         from ssm_explore.core import cache_dir
-        robustness = run_mini_study(cache_dir('widgets', 'mini_study'), MiniStudyConfig.quick(), progress=False)
+        robustness = run_mini_study(cache_dir('docs'), MiniStudyConfig(), progress=False)   # the docs' run: trained once
     import pandas as pd
     from pathlib import Path
     man = pd.read_csv(Path(robustness['run_dir'])/'manifest.csv', dtype={'image_id': str})
     ids = man.groupby('label', group_keys=False).head(1).image_id.tolist()[:n_images]
     x, y = embedded_images(robustness, ids)
-    models = {k: v['model'] for k, v in robustness['trained'].items()}
+    from ssm_explore.ministudy import one_per_arch
+    models = one_per_arch(robustness['trained'])
     size = int(robustness['config'].image_size)
     return (cam_grid(models, x, y, EMBEDDED_CLASSES, image_ids=ids, seed=robustness['config'].seed),
             feature_pair(models, EMBEDDED_CLASSES, size=size, steps=steps, seed=robustness['config'].seed))

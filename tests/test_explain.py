@@ -73,7 +73,8 @@ def _fake_study(tmp_path):
     from ssm_explore.data import embedded_dataset, EMBEDDED_CLASSES
     from ssm_explore.explain import embedded_images
     cfg = SimpleNamespace(n_per_class=5, image_size=32, seed=0)
-    root, man = embedded_dataset(n_per_class=cfg.n_per_class, image_size=cfg.image_size, seed=cfg.seed)
+    cfg.dataset = lambda: embedded_dataset(n_per_class=cfg.n_per_class, image_size=cfg.image_size, seed=cfg.seed)
+    root, man = cfg.dataset()
     run_dir = tmp_path/'robustness'; run_dir.mkdir()
     test = man[man.split == 'test'].reset_index(drop=True); test.to_csv(run_dir/'manifest.csv', index=False)
     n = len(EMBEDDED_CLASSES)
