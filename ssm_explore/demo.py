@@ -8,7 +8,7 @@ import importlib.util, json, os, time, traceback
 from pathlib import Path
 import pandas as pd
 from .core import atomic_write, save_json, env_info, format_env_info, markdown_table
-from .ministudy import arch_of
+from .ministudy import arch_of, consistency_lines
 
 # %% auto #0
 __all__ = ['robustness_section', 'finetune_section', 'write_report', 'run_demo']
@@ -20,16 +20,6 @@ def _rel(p, root)->str: return os.path.relpath(p, root)
 
 
 # %% ../nbs/11_demo.ipynb #c799ab6c
-def _consistency_lines(cmp:pd.DataFrame, severity:int=0)->list:
-    "One line per architecture pair: on how many transforms the difference holds in every seed, and which."
-    out, c0 = [], cmp[(cmp.severity == severity) & (cmp['transform'] != 'clean')]
-    for (a, b), g in c0.groupby(['model_a', 'model_b'], sort=False):
-        ok = g[g.consistent]
-        out.append(f"- **{a} vs {b}**: consistent on {len(ok)} of {len(g)} transforms"
-                   + (f" ({', '.join(f'{r.transform}: {r.verdict}, {r.diff:+.1f} points' for r in ok.itertuples())})" if len(ok)
-                      else ' — the two are indistinguishable here'))
-    return out
-
 def robustness_section(res:dict, root:Path)->str:
     "Markdown for the robustness part of the report (architecture level: mean and spread over training seeds)."
     sa, cmp, fac, pairs = res['seed_accuracy'], res['seed_pairs'], res['factors'], res['pairs']
@@ -60,7 +50,7 @@ def robustness_section(res:dict, root:Path)->str:
         s += ['### Architecture comparisons across seeds', '',
               f"A difference is called consistent when the pooled exact McNemar test over seeds × images is significant "
               f"(Holm-corrected over the transforms) *and* every one of the {len(seeds)} seeds' differences has the same sign.", '']
-        s += _consistency_lines(cmp) + ['']
+        s += consistency_lines(cmp) + ['']
     if len(pairs):   # what one training run per architecture would have claimed
         p0 = pairs[(pairs.severity == 0) & (pairs['transform'] != 'clean')]
         per = p0.assign(arch_a=p0.model_a.map(arch_of), arch_b=p0.model_b.map(arch_of), seed=p0.model_a.str.rpartition('-s')[2])

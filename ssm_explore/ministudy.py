@@ -17,7 +17,7 @@ from .evaluate import (Normalized, evaluate, severity_plan, prepare_run, describ
 __all__ = ['MINI_MODELS', 'MINI_BUILDERS', 'create_mini_model', 'n_params', 'mini_name', 'arch_of', 'one_per_arch',
            'CroppedDepthwiseConv2d', 'crop_depthwise', 'augment_batch', 'accuracy', 'train_classifier',
            'MiniStudyConfig', 'load_split', 'train_mini_models', 'seed_accuracy', 'seed_comparisons', 'factor_accuracy',
-           'plot_learning_curves', 'seed_summary', 'run_mini_study', 'print_mini_summary']
+           'plot_learning_curves', 'seed_summary', 'run_mini_study', 'consistency_lines', 'print_mini_summary']
 
 # %% ../nbs/06a_ministudy.ipynb #9bc808e3
 MINI_MODELS = {  # name: architecture, its sizes, and lr: the AdamW peak learning rate of its recipe
@@ -319,12 +319,25 @@ def run_mini_study(out_dir, # report folder; results go to out_dir/robustness
     return dict(config=cfg, trained=trained, results=res, run_dir=run_dir, **summary, **seeds)
 
 # %% ../nbs/06a_ministudy.ipynb #b80373d8
+def consistency_lines(cmp:pd.DataFrame, # `seed_comparisons`
+                      severity:int=0)->list:
+    "One Markdown line per architecture pair: on how many transforms the difference holds in every seed, and which."
+    out, c0 = [], cmp[(cmp.severity == severity) & (cmp['transform'] != 'clean')]
+    for (a, b), g in c0.groupby(['model_a', 'model_b'], sort=False):
+        ok = g[g.consistent]
+        out.append(f"- **{a} vs {b}**: consistent on {len(ok)} of {len(g)} transforms"
+                   + (f" ({', '.join(f'{r.transform}: {r.verdict}, {r.diff:+.1f} points' for r in ok.itertuples())})" if len(ok)
+                      else ' — the two are indistinguishable here'))
+    return out
+
 def print_mini_summary(res:dict):
-    "Print the clean accuracies per seed and architecture and the report-configuration table (mean over seeds)."
+    "Print the clean accuracies per seed and architecture, the report-configuration table (mean over seeds) and the verdicts."
     sa = res['seed_accuracy']
     for _, c in sa[sa['transform'] == 'clean'].iterrows():
         seeds = ' '.join(f'{c[k]:.1f}' for k in sa.columns if k.startswith('top1_s') and pd.notna(c[k]))
         print(f"{c.model:<15} test clean top-1 {c.top1:.1f} ± {c.top1_sd:.1f} over {c.n_seeds} seeds ({seeds})")
     t = sa[sa.severity == 0].pivot_table(index='transform', columns='model', values='top1')
     print(t.loc[t.mean(1).sort_values(ascending=False).index].round(1).to_string())
+    print('differences that hold in every seed (pooled McNemar over seeds x images, Holm):')
+    for line in consistency_lines(res['seed_pairs']): print(' ' + line[1:].replace('**', ''))
     print(f"tables and figures in {res['run_dir']}")

@@ -18,7 +18,7 @@ def demo_cli(argv:list)->int:
     from ssm_explore.demo import run_demo
     p = make_parser('ssm-explore demo', run_demo.__doc__)
     p.add_argument('--out', default='runs/demo', help='report folder')
-    p.add_argument('--quick', action='store_true', help='the short CI-sized version (a pipeline check: its models are near chance)')
+    p.add_argument('--quick', action='store_true', help='the short CI-sized version (a pipeline check: 2 seeds of 60 steps, models near 50 %%)')
     p.add_argument('--parts', type=name_list(_PARTS, 'part'), default=','.join(_PARTS), help='comma-separated parts to run')
     p.add_argument('--no-progress', action='store_true')
     a = p.parse_args(argv)
