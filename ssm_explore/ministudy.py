@@ -145,7 +145,7 @@ class MiniStudyConfig:
     image_size:int = 32      # pixels of the embedded images
     n_per_class:int = 40     # validation + test files per class (half each); training images come from the pool
     test_per_class:int = 15  # test images per class used in the robustness study (the report's 15)
-    steps:int = 400          # training steps per model, each a batch of images no earlier step saw
+    steps:int = 300          # training steps per model, each a batch of images no earlier step saw
     batch_size:int = 128
     warmup:int = 40          # linear warm-up steps
     augment:bool = False     # random crop/flip/jitter per batch (not needed: every image is new)
