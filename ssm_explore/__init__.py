@@ -8,4 +8,5 @@ __all__ = []
 
 # %% ../nbs/00a_init.ipynb #eddc1a88
 import ssm_explore.scan_cpu  # noqa: F401  (adds the compiled CPU kernel to the scan's backends; built on first use)
+import ssm_explore.scan_triton  # noqa: F401  (adds the Triton GPU kernel to the scan's backends when Triton is installed)
 import ssm_explore.vmamba  # noqa: F401  (registers the VMamba variants in timm)
