@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_scan_cpu.ipynb #320a0281
 from __future__ import annotations
-import hashlib, importlib.util, logging, os, platform, shutil, sys, sysconfig, threading, time, warnings
+import hashlib, importlib.util, logging, math, os, platform, shutil, sys, sysconfig, threading, time, warnings
 from pathlib import Path
 import torch
 from .core import cache_dir
@@ -616,18 +616,21 @@ at::Tensor math_f(at::Tensor x, int64_t which) {
 _CPP_SS2D = r'''
 
 // ---------------------------------------------------------------- fused SS2D: VMamba's four routes in one pass
-// Route k visits the pixels of a (H, W) map in its own order (0 row-major, 1 column-major, 2 and 3 their reverses);
-// step t of route k reads pixel p = route(k, t) of the pixel-major tensors directly: u (b, L, Di), Δ (b, L, K, Di),
-// B, C (b, L, K, N), any strides with contiguous channels. A task is one block of W channels of one batch element and
-// runs the four routes one after the other, so it owns its output rows: y = (r0 + r2) + (r1 + r3) at every pixel,
-// with r_k = D_k u + Σ_n C h (the composite cross_merge's order), and the same order for any thread count.
+// Route k visits the pixels of an (H, W) map in its own order (0 row-major, 1 column-major, 2 and 3 their reverses);
+// step t of route k reads pixel p = route_pixel(k, t) of the pixel-major tensors SS2D has: u (b, L, Di), the low-rank
+// step sizes dl (b, L, K, R) with Δ pre-activation δ = dl · Wdt[k]ᵀ (the dt projection, computed here: it is never
+// stored), B, C (b, L, K, N); any strides with contiguous channels. A task is one block of W channels of one batch
+// element and runs the four routes one after the other, so it owns its output rows: y = (r0 + r2) + (r1 + r3) at
+// every pixel, with r_k = D_k u + Σ_n C h (the composite cross_merge's order), the same for any thread count.
 namespace {
 constexpr int K4 = 4;
+constexpr int TC = 32;   // steps per chunk: the passes over a chunk have independent iterations, which hides latency
 
 struct Fused {
-    const float *u, *dl, *Bm, *Cm, *A, *D, *bias;        // D, bias may be null
-    int64_t b, H, Wd, L, Di, N, nb;
-    int64_t su_b, su_p, sd_b, sd_p, sd_k, sb_b, sb_p, sb_k, sb_n, sc_b, sc_p, sc_k, sc_n;
+    const float *u, *dl, *Wdt, *Bm, *Cm, *A, *D, *bias;  // D, bias may be null
+    int64_t b, H, Wd, L, Di, R, N, nb;
+    int64_t su_b, su_p;
+    int64_t sl[4], sb[4], sc[4];                         // (batch, pixel, route, last) strides of dl, B, C
     bool softplus;
     std::vector<int64_t> col, step;                      // col[t]: pixel of step t of the column-major route; step: inverse
 };
@@ -641,167 +644,225 @@ INL int64_t route_step(const Fused& s, int k, int64_t p) {
     return k >= 2 ? s.L - 1 - t : t;
 }
 
-// W lanes from p (nc of them valid, the rest zero).
+// W lanes from p (nc of them valid, the rest zero), and back.
 INL void load_lanes(float* RS dst, const float* RS p, int64_t nc) {
     if (nc == W) { SIMD for (int c = 0; c < W; ++c) dst[c] = p[c]; }
     else { for (int c = 0; c < W; ++c) dst[c] = c < nc ? p[c] : 0.f; }
 }
-
-// A (n, c), D (c), bias (c) of route k's channels k Di + c0 + c (unused lanes zero).
-INL void fused_consts(const Fused& s, int k, int64_t c0, int64_t nc, float* RS A, float* RS Dv, float* RS bv) {
-    for (int64_t n = 0; n < s.N; ++n)
-        for (int c = 0; c < W; ++c) A[n * W + c] = c < nc ? s.A[(k * s.Di + c0 + c) * s.N + n] : 0.f;
-    for (int c = 0; c < W; ++c) {
-        Dv[c] = c < nc && s.D ? s.D[k * s.Di + c0 + c] : 0.f;
-        bv[c] = c < nc && s.bias ? s.bias[k * s.Di + c0 + c] : 0.f;
-    }
+INL void store_lanes(float* RS dst, const float* RS q, int64_t nc) {
+    if (nc == W) { SIMD for (int c = 0; c < W; ++c) dst[c] = q[c]; } else for (int c = 0; c < nc; ++c) dst[c] = q[c];
 }
 
-// Δ = softplus(δ + bias) (or δ + bias) and, with sg, softplus' = sigmoid(δ + bias).
-INL void fused_dt(bool softplus, const float* RS x, const float* RS bv, float* RS dt, float* RS sg) {
-    if (softplus) {
-        SIMD for (int c = 0; c < W; ++c) {
-            float v = x[c] + bv[c], e = exp_f(v > 0.0f ? -v : v);
-            dt[c] = softplus_e(v, e);
-            if (sg) sg[c] = sigmoid_e(v, e);
-        }
-    } else {
-        SIMD for (int c = 0; c < W; ++c) { dt[c] = x[c] + bv[c]; if (sg) sg[c] = 1.0f; }
-    }
-}
-
-
-// Rows p = 0 .. L-1 of a block's W lanes (nc valid, the rest zero) <-> a local [p][W] buffer. The block's rows of a
-// pixel-major tensor lie one pixel stride apart (often a power of two): walked in column order they would fall into
-// a few cache sets, so every route works on contiguous local copies, which are read and written in pixel order.
+// Rows p = 0 .. L-1 of a block's W lanes <-> a local [p][W] buffer. The block's rows of a pixel-major tensor lie one
+// pixel stride apart (often a power of two): walked in column order they would fall into a few cache sets, so the
+// column routes work on contiguous local copies, which are read and written in pixel order.
 INL void gather_rows(float* RS buf, const float* RS base, int64_t stride, int64_t L, int64_t nc) {
     for (int64_t p = 0; p < L; ++p) load_lanes(buf + p * W, base + p * stride, nc);
 }
 INL void scatter_rows(float* RS base, int64_t stride, const float* RS buf, int64_t L, int64_t nc) {
-    for (int64_t p = 0; p < L; ++p) {
-        float* RS o = base + p * stride; const float* RS q = buf + p * W;
-        if (nc == W) { SIMD for (int c = 0; c < W; ++c) o[c] = q[c]; } else for (int c = 0; c < nc; ++c) o[c] = q[c];
-    }
+    for (int64_t p = 0; p < L; ++p) store_lanes(base + p * stride, buf + p * W, nc);
 }
 
-// B or C in step order, (b, K, L, N): the scalars of step t of route k, shared by all channel blocks.
-void route_major(const Fused& s, const float* X, int64_t sb, int64_t sp, int64_t sk, int64_t sn, float* out) {
+// dl, B or C in step order, (b, K, L, M): the scalars of step t of route k, shared by all channel blocks.
+void route_major(const Fused& s, const float* X, const int64_t* st, int64_t M, float* out) {
     at::parallel_for(0, s.b * K4, 1, [&](int64_t lo, int64_t hi) {
         for (int64_t i = lo; i < hi; ++i) {
             const int64_t bi = i / K4; const int k = int(i % K4);
-            const float* x = X + bi * sb + k * sk; float* o = out + i * s.L * s.N;
+            const float* x = X + bi * st[0] + k * st[2]; float* o = out + i * s.L * M;
             for (int64_t t = 0; t < s.L; ++t) {
-                const int64_t p = route_pixel(s, k, t);
-                for (int64_t n = 0; n < s.N; ++n) o[t * s.N + n] = x[p * sp + n * sn];
+                const float* xp = x + route_pixel(s, k, t) * st[1];
+                for (int64_t m = 0; m < M; ++m) o[t * M + m] = xp[m * st[3]];
             }
         }
     });
 }
 
-struct FusedBufs { std::vector<float> ub, db, y0, y1, A, h; };
-
-// Route k over the local copies: r_k = D u + Σ_n C h at every pixel, into y (MODE 0: y = r, 1: y += r,
-// 2: y = (y + r) + y1, the last route of each pixel's sum (y0 + r2) + (y1 = r1 + r3)).
-template <int NN, int MODE>
-INL void fused_route(const Fused& s, int k, const float* RS Bt, const float* RS Ct, const float* RS ub,
-                     const float* RS db, const float* RS A, const float* RS Dv, const float* RS bv, float* RS h,
-                     float* RS y, const float* RS y1) {
-    const int64_t N = NN ? NN : s.N, L = s.L;
-    std::fill(h, h + N * W, 0.f);
-    for (int64_t t = 0; t < L; ++t) {
-        const int64_t p = route_pixel(s, k, t);
-        const float* RS uu = ub + p * W; const float* RS x = db + p * W;
-        float dt[W], dtu[W], sy[W];
-        fused_dt(s.softplus, x, bv, dt, nullptr);
-        SIMD for (int c = 0; c < W; ++c) { dtu[c] = dt[c] * uu[c]; sy[c] = 0.f; }
-        for (int64_t n = 0; n < N; ++n) {
-            const float bn = Bt[t * N + n], cn = Ct[t * N + n];
-            float* RS hn = h + n * W; const float* RS An = A + n * W;
-            SIMD for (int c = 0; c < W; ++c) {
-                float hv = __builtin_fmaf(exp_f(dt[c] * An[c]), hn[c], dtu[c] * bn);
-                hn[c] = hv; sy[c] = __builtin_fmaf(cn, hv, sy[c]);
-            }
-        }
-        float* RS yp = y + p * W;
-        if (MODE == 0) { SIMD for (int c = 0; c < W; ++c) yp[c] = Dv[c] * uu[c] + sy[c]; }
-        if (MODE == 1) { SIMD for (int c = 0; c < W; ++c) yp[c] += Dv[c] * uu[c] + sy[c]; }
-        if (MODE == 2) { SIMD for (int c = 0; c < W; ++c) yp[c] = (yp[c] + (Dv[c] * uu[c] + sy[c])) + y1[p * W + c]; }
+// Route k's per-lane constants for channels k Di + c0 + c: A [n][c], D, bias [c], the dt weight [r][c] (unused lanes 0).
+struct Consts { std::vector<float> A, Wt; float Dv[W], bv[W]; };
+INL void fused_consts(const Fused& s, int k, int64_t c0, int64_t nc, Consts& q) {
+    for (int c = 0; c < W; ++c) {
+        const int64_t ch = k * s.Di + c0 + c;
+        for (int64_t n = 0; n < s.N; ++n) q.A[n * W + c] = c < nc ? s.A[ch * s.N + n] : 0.f;
+        for (int64_t r = 0; r < s.R; ++r) q.Wt[r * W + c] = c < nc ? s.Wdt[ch * s.R + r] : 0.f;
+        q.Dv[c] = c < nc && s.D ? s.D[ch] : 0.f;
+        q.bv[c] = c < nc && s.bias ? s.bias[ch] : 0.f;
     }
 }
 
-template <int NN>
-void fused_fwd_block(const Fused& s, int64_t bi, int64_t blk, const float* Bt, const float* Ct, float* out, FusedBufs& w) {
-    const int64_t c0 = blk * W, nc = std::min<int64_t>(W, s.Di - c0), L = s.L, LN = L * s.N;
-    float Dv[W], bv[W];
-    float *ub = w.ub.data(), *db = w.db.data(), *y0 = w.y0.data(), *y1 = w.y1.data(), *A = w.A.data(), *h = w.h.data();
-    gather_rows(ub, s.u + bi * s.su_b + c0, s.su_p, L, nc);
-    for (int k : {1, 3, 0, 2}) {
-        fused_consts(s, k, c0, nc, A, Dv, bv);
-        gather_rows(db, s.dl + bi * s.sd_b + k * s.sd_k + c0, s.sd_p, L, nc);
-        const float* Bk = Bt + (bi * K4 + k) * LN; const float* Ck = Ct + (bi * K4 + k) * LN;
-        if (k == 1) fused_route<NN, 0>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y1, nullptr);
-        if (k == 3) fused_route<NN, 1>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y1, nullptr);
-        if (k == 0) fused_route<NN, 0>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y0, nullptr);
-        if (k == 2) fused_route<NN, 2>(s, k, Bk, Ck, ub, db, A, Dv, bv, h, y0, y1);
+// δ[j][c] = Σ_r dl[j][r] Wt[r][c] for the tl steps of a chunk, in four interleaved partial sums (short chains).
+INL void chunk_delta(int64_t R, int64_t tl, const float* RS dl, const float* RS Wt, float* RS x) {
+    for (int64_t j = 0; j < tl; ++j) {
+        const float* RS d = dl + j * R;
+        float s0[W], s1[W], s2[W], s3[W];
+        SIMD for (int c = 0; c < W; ++c) { s0[c] = 0.f; s1[c] = 0.f; s2[c] = 0.f; s3[c] = 0.f; }
+        int64_t r = 0;
+        for (; r + 4 <= R; r += 4) {
+            const float d0 = d[r], d1 = d[r + 1], d2 = d[r + 2], d3 = d[r + 3];
+            const float* RS w0 = Wt + r * W;
+            SIMD for (int c = 0; c < W; ++c) {
+                s0[c] = __builtin_fmaf(d0, w0[c], s0[c]); s1[c] = __builtin_fmaf(d1, w0[W + c], s1[c]);
+                s2[c] = __builtin_fmaf(d2, w0[2 * W + c], s2[c]); s3[c] = __builtin_fmaf(d3, w0[3 * W + c], s3[c]);
+            }
+        }
+        for (; r < R; ++r) { const float dr = d[r]; SIMD for (int c = 0; c < W; ++c) s0[c] = __builtin_fmaf(dr, Wt[r * W + c], s0[c]); }
+        SIMD for (int c = 0; c < W; ++c) x[j * W + c] = (s0[c] + s1[c]) + (s2[c] + s3[c]);
     }
-    scatter_rows(out + bi * L * s.Di + c0, s.Di, y0, L, nc);
+}
+
+// Δ = softplus(δ + bias) (or δ + bias), Δu, D u and the decays a[j][n] = exp(Δ A_n) of a chunk; with sg also
+// softplus' = sigmoid(δ + bias).
+template <int NN>
+INL void chunk_steps(bool softplus, int64_t N_, int64_t tl, const int64_t* pix, const float* RS ub, const Consts& q,
+                     const float* RS x, float* RS dt, float* RS dtu, float* RS ud, float* RS a, float* RS sg) {
+    const int64_t N = NN ? NN : N_;
+    const float* RS bv = q.bv; const float* RS Dv = q.Dv; const float* RS A = q.A.data();
+    for (int64_t j = 0; j < tl; ++j) {
+        const float* RS uu = ub + pix[j] * W; const float* RS xj = x + j * W;
+        float* RS dtj = dt + j * W;
+        if (softplus) {
+            SIMD for (int c = 0; c < W; ++c) {
+                float v = xj[c] + bv[c], e = exp_f(v > 0.0f ? -v : v);
+                dtj[c] = softplus_e(v, e);
+                if (sg) sg[j * W + c] = sigmoid_e(v, e);
+            }
+        } else {
+            SIMD for (int c = 0; c < W; ++c) { dtj[c] = xj[c] + bv[c]; if (sg) sg[j * W + c] = 1.0f; }
+        }
+        SIMD for (int c = 0; c < W; ++c) { dtu[j * W + c] = dtj[c] * uu[c]; ud[j * W + c] = Dv[c] * uu[c]; }
+        for (int64_t n = 0; n < N; ++n) {
+            float* RS an = a + (j * N + n) * W; const float* RS An = A + n * W;
+            SIMD for (int c = 0; c < W; ++c) an[c] = exp_f(dtj[c] * An[c]);
+        }
+    }
+}
+
+struct FusedBufs {
+    std::vector<float> ub, y1, h, x, dt, dtu, ud, a, sy;
+    std::vector<int64_t> pix;
+    Consts q;
+    FusedBufs(const Fused& s) {
+        for (auto* v : {&ub, &y1}) v->assign(s.L * W, 0.f);
+        for (auto* v : {&x, &dt, &dtu, &ud, &sy}) v->assign(TC * W, 0.f);
+        h.assign(s.N * W, 0.f); a.assign(TC * s.N * W, 0.f); pix.assign(TC, 0);
+        q.A.assign(s.N * W, 0.f); q.Wt.assign(std::max<int64_t>(s.R, 1) * W, 0.f);
+    }
+};
+
+// Route k into y: MODE 0 y1 = r (local), 1 y1 += r, 2 out = r, 3 out = (out + r) + y1 (the last route of each pixel).
+template <int NN, int MODE>
+void fused_route(const Fused& s, int k, int64_t nc, const float* RS dlk, const float* RS Bk, const float* RS Ck,
+                 float* RS out, FusedBufs& w) {
+    const int64_t N = NN ? NN : s.N, L = s.L;
+    float* RS h = w.h.data(); float* RS y1 = w.y1.data();
+    std::fill(h, h + N * W, 0.f);
+    for (int64_t t0 = 0; t0 < L; t0 += TC) {
+        const int64_t tl = std::min<int64_t>(TC, L - t0);
+        for (int64_t j = 0; j < tl; ++j) w.pix[j] = route_pixel(s, k, t0 + j);
+        chunk_delta(s.R, tl, dlk + t0 * s.R, w.q.Wt.data(), w.x.data());
+        chunk_steps<NN>(s.softplus, N, tl, w.pix.data(), w.ub.data(), w.q, w.x.data(), w.dt.data(), w.dtu.data(),
+                        w.ud.data(), w.a.data(), nullptr);
+        const float* RS a = w.a.data(); const float* RS dtu = w.dtu.data(); const float* RS ud = w.ud.data();
+        for (int64_t j = 0; j < tl; ++j) {
+            float sy[W];
+            SIMD for (int c = 0; c < W; ++c) sy[c] = 0.f;
+            for (int64_t n = 0; n < N; ++n) {
+                const float bn = Bk[(t0 + j) * N + n], cn = Ck[(t0 + j) * N + n];
+                float* RS hn = h + n * W; const float* RS an = a + (j * N + n) * W;
+                SIMD for (int c = 0; c < W; ++c) {
+                    float hv = __builtin_fmaf(an[c], hn[c], dtu[j * W + c] * bn);
+                    hn[c] = hv; sy[c] = __builtin_fmaf(cn, hv, sy[c]);
+                }
+            }
+            const int64_t p = w.pix[j];
+            float r[W];
+            SIMD for (int c = 0; c < W; ++c) r[c] = ud[j * W + c] + sy[c];          // r_k at this pixel
+            float* RS yp = y1 + p * W;
+            if (MODE == 0) { SIMD for (int c = 0; c < W; ++c) yp[c] = r[c]; }
+            if (MODE == 1) { SIMD for (int c = 0; c < W; ++c) yp[c] += r[c]; }
+            if (MODE == 2) store_lanes(out + p * s.Di, r, nc);
+            if (MODE == 3) {
+                float o[W];
+                load_lanes(o, out + p * s.Di, nc);
+                SIMD for (int c = 0; c < W; ++c) o[c] = (o[c] + r[c]) + yp[c];
+                store_lanes(out + p * s.Di, o, nc);
+            }
+        }
+    }
+}
+
+// The column routes (1, 3) sum into a local buffer, then route 0 writes the output rows and route 2 completes them.
+template <int NN>
+void fused_fwd_block(const Fused& s, int64_t bi, int64_t blk, const float* dlt, const float* Bt, const float* Ct,
+                     float* out, FusedBufs& w) {
+    const int64_t c0 = blk * W, nc = std::min<int64_t>(W, s.Di - c0), L = s.L;
+    gather_rows(w.ub.data(), s.u + bi * s.su_b + c0, s.su_p, L, nc);
+    float* o = out + bi * L * s.Di + c0;
+    for (int k : {1, 3, 0, 2}) {
+        fused_consts(s, k, c0, nc, w.q);
+        const int64_t i = bi * K4 + k;
+        const float *dlk = dlt + i * L * s.R, *Bk = Bt + i * L * s.N, *Ck = Ct + i * L * s.N;
+        if (k == 1) fused_route<NN, 0>(s, k, nc, dlk, Bk, Ck, o, w);
+        if (k == 3) fused_route<NN, 1>(s, k, nc, dlk, Bk, Ck, o, w);
+        if (k == 0) fused_route<NN, 2>(s, k, nc, dlk, Bk, Ck, o, w);
+        if (k == 2) fused_route<NN, 3>(s, k, nc, dlk, Bk, Ck, o, w);
+    }
 }
 
 template <int NN> struct FusedFwd {
-    static void run(const Fused& s, const float* Bt, const float* Ct, float* out) {
+    static void run(const Fused& s, const float* dlt, const float* Bt, const float* Ct, float* out) {
         at::parallel_for(0, s.b * s.nb, 1, [&](int64_t lo, int64_t hi) {
-            FusedBufs w;
-            for (auto* v : {&w.ub, &w.db, &w.y0, &w.y1}) v->assign(s.L * W, 0.f);
-            w.A.assign(s.N * W, 0.f); w.h.assign(s.N * W, 0.f);
-            for (int64_t i = lo; i < hi; ++i) fused_fwd_block<NN>(s, i / s.nb, i % s.nb, Bt, Ct, out, w);
+            FusedBufs w(s);
+            for (int64_t i = lo; i < hi; ++i) fused_fwd_block<NN>(s, i / s.nb, i % s.nb, dlt, Bt, Ct, out, w);
         });
     }
 };
 
 // Backward of one block: per route, a forward sweep keeps Δ, σ, the decays and the states of every step, then the
-// adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} runs backwards. du sums the routes in order 0, 1, 2, 3; dΔ and the
-// per-block Σ_c of dB, dC (rows of their own, in step order) are written once; dA, dD, dbias go to per-batch partials.
+// adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} runs backwards. du sums the routes in order 0, 1, 2, 3; dδ and the
+// per-block Σ_c of dB, dC (rows of their own, in step order) are written once; dA, dD, dbias and the dt weight's
+// gradient go to per-batch partials.
 struct FusedGrads {
     const float* dy; int64_t sy_b, sy_p;
-    float *du, *dd, *dBp, *dCp, *dA_p, *dD_p, *db_p;
+    float *du, *dd, *dBp, *dCp, *dA_p, *dD_p, *db_p, *dW_p;
 };
-struct FusedWork { std::vector<float> ub, dyb, db, dub, dt, sg, hs, as, A, r, dA; };
+struct FusedWork { std::vector<float> dyb, dub, ddb, dts, sgs, hs, as, r, dA, dW, dtu_, ud_; };
 
 template <int NN>
-void fused_bwd_block(const Fused& s, const FusedGrads& g, int64_t bi, int64_t blk, const float* Bt, const float* Ct,
-                     FusedWork& w) {
-    const int64_t N = NN ? NN : s.N, c0 = blk * W, nc = std::min<int64_t>(W, s.Di - c0), L = s.L, Di = s.Di, LN = L * N;
-    float Dv[W], bv[W];
-    float* RS ub = w.ub.data(); float* RS dyb = w.dyb.data(); float* RS db = w.db.data(); float* RS dub = w.dub.data();
-    float* RS A = w.A.data(); float* RS r = w.r.data(); float* RS dA = w.dA.data();
-    float* RS dts = w.dt.data(); float* RS sgs = w.sg.data(); float* RS hs = w.hs.data(); float* RS as = w.as.data();
+void fused_bwd_block(const Fused& s, const FusedGrads& g, int64_t bi, int64_t blk, const float* dlt, const float* Bt,
+                     const float* Ct, FusedBufs& w, FusedWork& v) {
+    const int64_t N = NN ? NN : s.N, c0 = blk * W, nc = std::min<int64_t>(W, s.Di - c0), L = s.L, Di = s.Di, R = s.R;
+    float* RS ub = w.ub.data(); float* RS dyb = v.dyb.data(); float* RS dub = v.dub.data(); float* RS ddb = v.ddb.data();
+    float* RS r = v.r.data(); float* RS dA = v.dA.data(); float* RS dW = v.dW.data();
+    float* RS dts = v.dts.data(); float* RS sgs = v.sgs.data(); float* RS hs = v.hs.data(); float* RS as = v.as.data();
     gather_rows(ub, s.u + bi * s.su_b + c0, s.su_p, L, nc);
     gather_rows(dyb, g.dy + bi * g.sy_b + c0, g.sy_p, L, nc);
     for (int k = 0; k < K4; ++k) {
-        fused_consts(s, k, c0, nc, A, Dv, bv);
-        gather_rows(db, s.dl + bi * s.sd_b + k * s.sd_k + c0, s.sd_p, L, nc);
-        const float* RS Bk = Bt + (bi * K4 + k) * LN; const float* RS Ck = Ct + (bi * K4 + k) * LN;
+        fused_consts(s, k, c0, nc, w.q);
+        const float* RS A = w.q.A.data(); const float* RS Dv = w.q.Dv;
+        const int64_t i = bi * K4 + k;
+        const float* RS dlk = dlt + i * L * R; const float* RS Bk = Bt + i * L * N; const float* RS Ck = Ct + i * L * N;
         std::fill(hs, hs + N * W, 0.f);
-        for (int64_t t = 0; t < L; ++t) {                                    // forward sweep, saving
-            const int64_t p = route_pixel(s, k, t);
-            const float* RS uu = ub + p * W;
-            float* RS dt = dts + t * W;
-            fused_dt(s.softplus, db + p * W, bv, dt, sgs + t * W);
-            for (int64_t n = 0; n < N; ++n) {
-                const float bn = Bk[t * N + n];
-                const float* RS hp = hs + (t * N + n) * W; float* RS hc = hs + ((t + 1) * N + n) * W;
-                float* RS at = as + (t * N + n) * W; const float* RS An = A + n * W;
-                SIMD for (int c = 0; c < W; ++c) {
-                    float a = exp_f(dt[c] * An[c]);
-                    at[c] = a; hc[c] = __builtin_fmaf(a, hp[c], (dt[c] * uu[c]) * bn);
+        for (int64_t t0 = 0; t0 < L; t0 += TC) {                              // forward sweep, saving
+            const int64_t tl = std::min<int64_t>(TC, L - t0);
+            for (int64_t j = 0; j < tl; ++j) w.pix[j] = route_pixel(s, k, t0 + j);
+            chunk_delta(R, tl, dlk + t0 * R, w.q.Wt.data(), w.x.data());
+            chunk_steps<NN>(s.softplus, N, tl, w.pix.data(), ub, w.q, w.x.data(), dts + t0 * W, v.dtu_.data(),
+                            v.ud_.data(), as + t0 * N * W, sgs + t0 * W);
+            for (int64_t j = 0; j < tl; ++j) {
+                const int64_t t = t0 + j;
+                for (int64_t n = 0; n < N; ++n) {
+                    const float bn = Bk[t * N + n];
+                    const float* RS hp = hs + (t * N + n) * W; float* RS hc = hs + ((t + 1) * N + n) * W;
+                    const float* RS at = as + (t * N + n) * W; const float* RS dtu = v.dtu_.data() + j * W;
+                    SIMD for (int c = 0; c < W; ++c) hc[c] = __builtin_fmaf(at[c], hp[c], dtu[c] * bn);
                 }
             }
         }
         float dDv[W], dbv[W];
         SIMD for (int c = 0; c < W; ++c) { dDv[c] = 0.f; dbv[c] = 0.f; }
-        std::fill(r, r + N * W, 0.f); std::fill(dA, dA + N * W, 0.f);
-        float* RS dBrow = g.dBp + ((bi * s.nb + blk) * K4 + k) * LN;
-        float* RS dCrow = g.dCp + ((bi * s.nb + blk) * K4 + k) * LN;
+        std::fill(r, r + N * W, 0.f); std::fill(dA, dA + N * W, 0.f); std::fill(dW, dW + R * W, 0.f);
+        float* RS dBrow = g.dBp + ((bi * s.nb + blk) * K4 + k) * L * N;
+        float* RS dCrow = g.dCp + ((bi * s.nb + blk) * K4 + k) * L * N;
         for (int64_t t = L - 1; t >= 0; --t) {                               // the adjoint, backwards
             const int64_t p = route_pixel(s, k, t);
             const float* RS uu = ub + p * W; const float* RS dyt = dyb + p * W;
@@ -820,26 +881,33 @@ void fused_bwd_block(const Fused& s, const FusedGrads& g, int64_t bi, int64_t bl
                     sC += dyt[c] * hc[c];
                     sB += gv * (dt[c] * uu[c]);
                     sgB[c] = __builtin_fmaf(gv, bn, sgB[c]);
-                    float q = gv * hp[c] * at[c];
-                    dAn[c] = __builtin_fmaf(q, dt[c], dAn[c]);
-                    qA[c] = __builtin_fmaf(q, An[c], qA[c]);
+                    float qv = gv * hp[c] * at[c];
+                    dAn[c] = __builtin_fmaf(qv, dt[c], dAn[c]);
+                    qA[c] = __builtin_fmaf(qv, An[c], qA[c]);
                     rn[c] = at[c] * gv;
                 }
                 dBrow[t * N + n] = sB; dCrow[t * N + n] = sC;
             }
             const float* RS sg = sgs + t * W;
-            float* RS ddp = db + p * W; float* RS dup = dub + p * W;       // dΔ replaces δ (no longer needed)
+            float* RS ddp = ddb + p * W; float* RS dup = dub + p * W;
+            float dd[W];
             SIMD for (int c = 0; c < W; ++c) {
-                float v = __builtin_fmaf(sgB[c], uu[c], qA[c]) * sg[c];
-                ddp[c] = v; dbv[c] += v;
+                float vv = __builtin_fmaf(sgB[c], uu[c], qA[c]) * sg[c];
+                dd[c] = vv; ddp[c] = vv; dbv[c] += vv;
                 float d = __builtin_fmaf(sgB[c], dt[c], dyt[c] * Dv[c]);
                 dup[c] = k ? dup[c] + d : d;
             }
+            const float* RS dlt_ = dlk + t * R;
+            for (int64_t rr = 0; rr < R; ++rr) {
+                const float dr = dlt_[rr]; float* RS dWr = dW + rr * W;
+                SIMD for (int c = 0; c < W; ++c) dWr[c] = __builtin_fmaf(dd[c], dr, dWr[c]);
+            }
         }
-        scatter_rows(g.dd + (bi * L * K4 + k) * Di + c0, K4 * Di, db, L, nc);
+        scatter_rows(g.dd + (bi * L * K4 + k) * Di + c0, K4 * Di, ddb, L, nc);
         for (int c = 0; c < nc; ++c) {
             const int64_t ch = bi * K4 * Di + k * Di + c0 + c;
             for (int64_t n = 0; n < N; ++n) g.dA_p[ch * N + n] = dA[n * W + c];
+            for (int64_t rr = 0; rr < R; ++rr) g.dW_p[ch * R + rr] = dW[rr * W + c];
             g.dD_p[ch] = dDv[c]; g.db_p[ch] = dbv[c];
         }
     }
@@ -847,13 +915,16 @@ void fused_bwd_block(const Fused& s, const FusedGrads& g, int64_t bi, int64_t bl
 }
 
 template <int NN> struct FusedBwd {
-    static void run(const Fused& s, const FusedGrads& g, const float* Bt, const float* Ct) {
+    static void run(const Fused& s, const FusedGrads& g, const float* dlt, const float* Bt, const float* Ct) {
         at::parallel_for(0, s.b * s.nb, 1, [&](int64_t lo, int64_t hi) {
-            FusedWork w;
-            for (auto* v : {&w.ub, &w.dyb, &w.db, &w.dub, &w.dt, &w.sg}) v->assign(s.L * W, 0.f);
-            w.hs.assign((s.L + 1) * s.N * W, 0.f); w.as.assign(s.L * s.N * W, 0.f);
-            for (auto* v : {&w.A, &w.r, &w.dA}) v->assign(s.N * W, 0.f);
-            for (int64_t i = lo; i < hi; ++i) fused_bwd_block<NN>(s, g, i / s.nb, i % s.nb, Bt, Ct, w);
+            FusedBufs w(s);
+            FusedWork v;
+            for (auto* x : {&v.dyb, &v.dub, &v.ddb, &v.dts, &v.sgs}) x->assign(s.L * W, 0.f);
+            for (auto* x : {&v.dtu_, &v.ud_}) x->assign(TC * W, 0.f);
+            v.hs.assign((s.L + 1) * s.N * W, 0.f); v.as.assign(s.L * s.N * W, 0.f);
+            for (auto* x : {&v.r, &v.dA}) x->assign(s.N * W, 0.f);
+            v.dW.assign(std::max<int64_t>(s.R, 1) * W, 0.f);
+            for (int64_t i = lo; i < hi; ++i) fused_bwd_block<NN>(s, g, i / s.nb, i % s.nb, dlt, Bt, Ct, w, v);
         });
     }
 };
@@ -863,38 +934,52 @@ INL void check_f32(const at::Tensor& t, const char* what) {
                 "ss2d_fused: ", what, " must be an fp32 CPU tensor with contiguous last dimension");
 }
 
-// u (b, H, W, Di), delta (b, H, W, K, Di), B, C (b, H, W, K, N), A (K Di, N), D, bias (K Di) or empty.
-Fused make_fused(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& B, const at::Tensor& C,
-                 const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias, bool softplus) {
-    check_f32(u, "u"); check_f32(delta, "delta"); check_f32(A, "A"); check_f32(D, "D"); check_f32(bias, "delta_bias");
-    TORCH_CHECK(B.scalar_type() == at::kFloat && C.scalar_type() == at::kFloat, "ss2d_fused: B, C must be fp32");
-    TORCH_CHECK(u.dim() == 4 && delta.dim() == 5 && B.dim() == 5 && C.dim() == 5, "ss2d_fused: bad ranks");
+// u (b, H, W, Di), dl (b, H, W, K, R), Wdt (K, Di, R), B, C (b, H, W, K, N), A (K Di, N), D, bias (K Di) or empty.
+Fused make_fused(const at::Tensor& u, const at::Tensor& dl, const at::Tensor& Wdt, const at::Tensor& B,
+                 const at::Tensor& C, const at::Tensor& A, const at::Tensor& D, const at::Tensor& bias, bool softplus) {
+    check_f32(u, "u"); check_f32(A, "A"); check_f32(D, "D"); check_f32(bias, "delta_bias");
+    for (const at::Tensor* t : {&dl, &Wdt, &B, &C})
+        TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(), "ss2d_fused: dt, B, C must be fp32 CPU tensors");
+    TORCH_CHECK(u.dim() == 4 && dl.dim() == 5 && Wdt.dim() == 3 && B.dim() == 5 && C.dim() == 5, "ss2d_fused: bad ranks");
     Fused s;
     s.b = u.size(0); s.H = u.size(1); s.Wd = u.size(2); s.L = s.H * s.Wd; s.Di = u.size(3); s.N = A.size(1);
-    TORCH_CHECK(delta.size(0) == s.b && delta.size(1) == s.H && delta.size(2) == s.Wd && delta.size(3) == K4 &&
-                delta.size(4) == s.Di, "ss2d_fused: delta must be (b, H, W, 4, Di)");
-    for (const at::Tensor* t : {&B, &C})
-        TORCH_CHECK(t->size(0) == s.b && t->size(1) == s.H && t->size(2) == s.Wd && t->size(3) == K4 && t->size(4) == s.N,
-                    "ss2d_fused: B and C must be (b, H, W, 4, N)");
+    s.R = dl.size(4);
+    auto same_map = [&](const at::Tensor& t, int64_t last, const char* what) {
+        TORCH_CHECK(t.size(0) == s.b && t.size(1) == s.H && t.size(2) == s.Wd && t.size(3) == K4 && t.size(4) == last,
+                    "ss2d_fused: ", what, " must be (b, H, W, 4, ", last, ")");
+    };
+    same_map(dl, s.R, "dt"); same_map(B, s.N, "B"); same_map(C, s.N, "C");
+    TORCH_CHECK(Wdt.is_contiguous() && Wdt.size(0) == K4 && Wdt.size(1) == s.Di && Wdt.size(2) == s.R,
+                "ss2d_fused: dt_weight must be a contiguous (4, Di, R)");
     TORCH_CHECK(A.is_contiguous() && A.size(0) == K4 * s.Di, "ss2d_fused: A must be a contiguous (4 Di, N)");
     for (const at::Tensor* t : {&D, &bias})
         TORCH_CHECK(t->numel() == 0 || (t->is_contiguous() && t->numel() == K4 * s.Di), "ss2d_fused: D, bias must be (4 Di,)");
-    // pixel strides: (h, w) must flatten to one stride (true for any layout that is pixel-major over h and w)
+    // the pixels (h, w) must flatten to one stride (true for any layout that is pixel-major over h and w)
     auto pstride = [&](const at::Tensor& t, const char* what) {
         TORCH_CHECK(s.Wd == 1 || s.H == 1 || t.stride(1) == t.stride(2) * s.Wd, "ss2d_fused: ", what, " pixels must flatten");
         return s.Wd == 1 ? t.stride(1) : t.stride(2);
     };
-    s.u = u.data_ptr<float>(); s.dl = delta.data_ptr<float>(); s.Bm = B.data_ptr<float>(); s.Cm = C.data_ptr<float>();
-    s.A = A.data_ptr<float>(); s.D = D.numel() ? D.data_ptr<float>() : nullptr;
-    s.bias = bias.numel() ? bias.data_ptr<float>() : nullptr;
+    auto strides = [&](const at::Tensor& t, int64_t* st, const char* what) {
+        st[0] = t.stride(0); st[1] = pstride(t, what); st[2] = t.stride(3); st[3] = t.stride(4);
+    };
+    s.u = u.data_ptr<float>(); s.dl = dl.data_ptr<float>(); s.Wdt = Wdt.data_ptr<float>();
+    s.Bm = B.data_ptr<float>(); s.Cm = C.data_ptr<float>(); s.A = A.data_ptr<float>();
+    s.D = D.numel() ? D.data_ptr<float>() : nullptr; s.bias = bias.numel() ? bias.data_ptr<float>() : nullptr;
     s.su_b = u.stride(0); s.su_p = pstride(u, "u");
-    s.sd_b = delta.stride(0); s.sd_p = pstride(delta, "delta"); s.sd_k = delta.stride(3);
-    s.sb_b = B.stride(0); s.sb_p = pstride(B, "B"); s.sb_k = B.stride(3); s.sb_n = B.stride(4);
-    s.sc_b = C.stride(0); s.sc_p = pstride(C, "C"); s.sc_k = C.stride(3); s.sc_n = C.stride(4);
+    strides(dl, s.sl, "dt"); strides(B, s.sb, "B"); strides(C, s.sc, "C");
     s.softplus = softplus; s.nb = (s.Di + W - 1) / W;
     s.col.resize(s.L); s.step.resize(s.L);
     for (int64_t t = 0; t < s.L; ++t) { s.col[t] = (t % s.H) * s.Wd + t / s.H; s.step[s.col[t]] = t; }
     return s;
+}
+
+// dl, B, C in step order: (b, K, L, R), (b, K, L, N) twice.
+std::vector<at::Tensor> step_order(const Fused& s, const at::TensorOptions& opt) {
+    auto dlt = at::empty({s.b, K4, s.L, s.R}, opt), Bt = at::empty({s.b, K4, s.L, s.N}, opt), Ct = at::empty_like(Bt);
+    route_major(s, s.dl, s.sl, s.R, dlt.data_ptr<float>());
+    route_major(s, s.Bm, s.sb, s.N, Bt.data_ptr<float>());
+    route_major(s, s.Cm, s.sc, s.N, Ct.data_ptr<float>());
+    return {dlt, Bt, Ct};
 }
 
 template <template <int> class F, typename... Args>
@@ -904,41 +989,41 @@ void fused_dispatch(const Fused& s, Args&&... args) {
 }  // namespace
 
 // y (b, H, W, Di) = Σ_k over the four routes of the scan plus D_k u, merged at every pixel.
-at::Tensor ss2d_fwd(at::Tensor u, at::Tensor delta, at::Tensor B, at::Tensor C, at::Tensor A, at::Tensor D,
-                    at::Tensor bias, bool softplus) {
-    Fused s = make_fused(u, delta, B, C, A, D, bias, softplus);
+at::Tensor ss2d_fwd(at::Tensor u, at::Tensor dl, at::Tensor Wdt, at::Tensor B, at::Tensor C, at::Tensor A,
+                    at::Tensor D, at::Tensor bias, bool softplus) {
+    Fused s = make_fused(u, dl, Wdt, B, C, A, D, bias, softplus);
     auto out = at::empty({s.b, s.H, s.Wd, s.Di}, u.options());
     if (!(s.L && s.Di && s.b)) return out;
-    auto Bt = at::empty({s.b, K4, s.L, s.N}, u.options()), Ct = at::empty({s.b, K4, s.L, s.N}, u.options());
-    route_major(s, s.Bm, s.sb_b, s.sb_p, s.sb_k, s.sb_n, Bt.data_ptr<float>());
-    route_major(s, s.Cm, s.sc_b, s.sc_p, s.sc_k, s.sc_n, Ct.data_ptr<float>());
-    fused_dispatch<FusedFwd>(s, Bt.data_ptr<float>(), Ct.data_ptr<float>(), out.data_ptr<float>());
+    auto st = step_order(s, u.options());
+    fused_dispatch<FusedFwd>(s, st[0].data_ptr<float>(), st[1].data_ptr<float>(), st[2].data_ptr<float>(),
+                             out.data_ptr<float>());
     return out;
 }
 
-// du (b, H, W, Di), ddelta (b, H, W, 4, Di), dB, dC (b, H, W, 4, N), dA (4 Di, N), dD, dbias (4 Di) (empty where
-// D, bias are). Each sum has a fixed order: over routes 0..3 (du), channel blocks (dB, dC) and the batch (dA, dD, dbias).
-std::vector<at::Tensor> ss2d_bwd(at::Tensor u, at::Tensor delta, at::Tensor B, at::Tensor C, at::Tensor A,
-                                 at::Tensor D, at::Tensor bias, bool softplus, at::Tensor dy) {
-    Fused s = make_fused(u, delta, B, C, A, D, bias, softplus);
+// du (b, H, W, Di), dδ (b, H, W, 4, Di) (the gradient of dl is dδ · Wdt, a matrix product left to the caller),
+// dB, dC (b, H, W, 4, N), dA (4 Di, N), dD, dbias (4 Di) (empty where D, bias are), dWdt (4, Di, R). Each sum has a
+// fixed order: over routes 0..3 (du), channel blocks (dB, dC) and the batch (dA, dD, dbias, dWdt).
+std::vector<at::Tensor> ss2d_bwd(at::Tensor u, at::Tensor dl, at::Tensor Wdt, at::Tensor B, at::Tensor C,
+                                 at::Tensor A, at::Tensor D, at::Tensor bias, bool softplus, at::Tensor dy) {
+    Fused s = make_fused(u, dl, Wdt, B, C, A, D, bias, softplus);
     check_f32(dy, "dy");
     TORCH_CHECK(dy.sizes() == u.sizes(), "ss2d_fused: dy must have u's shape");
-    const int64_t b = s.b, L = s.L, Di = s.Di, N = s.N, KD = K4 * Di, nb = s.nb;
+    const int64_t b = s.b, L = s.L, Di = s.Di, N = s.N, R = s.R, KD = K4 * Di, nb = s.nb;
     auto opt = u.options();
-    auto du = at::empty({b, s.H, s.Wd, Di}, opt), dd = at::empty({b, s.H, s.Wd, K4, Di}, opt);
-    auto dBp = at::empty({b, nb, K4, L, N}, opt), dCp = at::empty({b, nb, K4, L, N}, opt);
-    auto dA_p = at::empty({b, KD, N}, opt), dD_p = at::empty({b, KD}, opt), db_p = at::empty({b, KD}, opt);
+    auto mk = [&](at::IntArrayRef shape) { return L && Di && b ? at::empty(shape, opt) : at::zeros(shape, opt); };
+    auto du = mk({b, s.H, s.Wd, Di}), dd = mk({b, s.H, s.Wd, K4, Di});     // every element is written once
+    auto dBp = mk({b, nb, K4, L, N}), dCp = mk({b, nb, K4, L, N});
+    auto dA_p = mk({b, KD, N}), dD_p = mk({b, KD}), db_p = mk({b, KD}), dW_p = mk({b, KD, R});
     FusedGrads g;
     g.dy = dy.data_ptr<float>(); g.sy_b = dy.stride(0); g.sy_p = s.Wd == 1 ? dy.stride(1) : dy.stride(2);
     TORCH_CHECK(s.Wd == 1 || s.H == 1 || dy.stride(1) == dy.stride(2) * s.Wd, "ss2d_fused: dy pixels must flatten");
     g.du = du.data_ptr<float>(); g.dd = dd.data_ptr<float>(); g.dBp = dBp.data_ptr<float>(); g.dCp = dCp.data_ptr<float>();
     g.dA_p = dA_p.data_ptr<float>(); g.dD_p = dD_p.data_ptr<float>(); g.db_p = db_p.data_ptr<float>();
+    g.dW_p = dW_p.data_ptr<float>();
     if (L && Di && b) {
-        auto Bt = at::empty({b, K4, L, N}, opt), Ct = at::empty({b, K4, L, N}, opt);
-        route_major(s, s.Bm, s.sb_b, s.sb_p, s.sb_k, s.sb_n, Bt.data_ptr<float>());
-        route_major(s, s.Cm, s.sc_b, s.sc_p, s.sc_k, s.sc_n, Ct.data_ptr<float>());
-        fused_dispatch<FusedBwd>(s, g, Bt.data_ptr<float>(), Ct.data_ptr<float>());
-    } else { du.zero_(); dd.zero_(); dBp.zero_(); dCp.zero_(); dA_p.zero_(); dD_p.zero_(); db_p.zero_(); }
+        auto st = step_order(s, opt);
+        fused_dispatch<FusedBwd>(s, g, st[0].data_ptr<float>(), st[1].data_ptr<float>(), st[2].data_ptr<float>());
+    }
     auto dB = at::empty({b, s.H, s.Wd, K4, N}, opt), dC = at::empty({b, s.H, s.Wd, K4, N}, opt);
     // Σ over channel blocks in block order, (b, nb, K, steps, N) -> (b, pixels, K, N); parallel over (batch, pixel)
     const float *pB = dBp.data_ptr<float>(), *pC = dCp.data_ptr<float>();
@@ -946,23 +1031,26 @@ std::vector<at::Tensor> ss2d_bwd(at::Tensor u, at::Tensor delta, at::Tensor B, a
     at::parallel_for(0, b * L, 64, [&](int64_t lo, int64_t hi) {
         for (int64_t i = lo; i < hi; ++i) {
             const int64_t bi = i / L, p = i % L;
-            for (int k = 0; k < K4; ++k) for (int64_t n = 0; n < N; ++n) {
-                float sb = 0.f, sc = 0.f;
+            for (int k = 0; k < K4; ++k) {
                 const int64_t t = route_step(s, k, p);
-                for (int64_t j = 0; j < nb; ++j) {
-                    const int64_t at_ = (((bi * nb + j) * K4 + k) * L + t) * N + n;
-                    sb += pB[at_]; sc += pC[at_];
+                for (int64_t n = 0; n < N; ++n) {
+                    float sb = 0.f, sc = 0.f;
+                    for (int64_t j = 0; j < nb; ++j) {
+                        const int64_t at_ = (((bi * nb + j) * K4 + k) * L + t) * N + n;
+                        sb += pB[at_]; sc += pC[at_];
+                    }
+                    oB[(i * K4 + k) * N + n] = sb; oC[(i * K4 + k) * N + n] = sc;
                 }
-                oB[(i * K4 + k) * N + n] = sb; oC[(i * K4 + k) * N + n] = sc;
             }
         }
     });
-    auto dA = at::empty({KD, N}, opt);
+    auto dA = at::empty({KD, N}, opt), dW = at::empty({K4, Di, R}, opt);
     sum_batch(dA_p.data_ptr<float>(), b, KD * N, dA.data_ptr<float>());
+    sum_batch(dW_p.data_ptr<float>(), b, KD * R, dW.data_ptr<float>());
     auto dD = at::empty({0}, opt), dbias = at::empty({0}, opt);
     if (s.D) { dD = at::empty({KD}, opt); sum_batch(dD_p.data_ptr<float>(), b, KD, dD.data_ptr<float>()); }
     if (s.bias) { dbias = at::empty({KD}, opt); sum_batch(db_p.data_ptr<float>(), b, KD, dbias.data_ptr<float>()); }
-    return {du, dd, dB, dC, dA, dD, dbias};
+    return {du, dd, dB, dC, dA, dD, dbias, dW};
 }
 '''
 
@@ -1137,37 +1225,40 @@ def ss2d_routes(H:int, W:int, device=None)->torch.Tensor:
     return torch.stack([row, col, row.flip(0), col.flip(0)])
 
 # %% ../nbs/01a_scan_cpu.ipynb #9e14f1fd
-def _check_ss2d(u, delta, B, C, A, D, delta_bias):
+def _check_ss2d(u, dt, dt_weight, B, C, A, D, delta_bias):
     "Raise a clear error for inconsistent SS2D scan shapes."
     if u.dim() != 4: raise ValueError(f"u must be (b, H, W, Di), got {tuple(u.shape)}")
     b, H, W, Di = u.shape
-    if tuple(delta.shape) != (b, H, W, 4, Di): raise ValueError(f"delta must be (b, H, W, 4, Di) = {(b, H, W, 4, Di)}, got {tuple(delta.shape)}")
+    if dt_weight.dim() != 3 or tuple(dt_weight.shape[:2]) != (4, Di):
+        raise ValueError(f"dt_weight must be (4, Di={Di}, R), got {tuple(dt_weight.shape)}")
     if A.dim() != 2 or A.shape[0] != 4 * Di: raise ValueError(f"A must be (4*Di={4 * Di}, N), got {tuple(A.shape)}")
-    for name, X in (('B', B), ('C', C)):
-        if tuple(X.shape) != (b, H, W, 4, A.shape[1]):
-            raise ValueError(f"{name} must be (b, H, W, 4, N) = {(b, H, W, 4, A.shape[1])}, got {tuple(X.shape)}")
+    for name, X, last in (('dt', dt, dt_weight.shape[2]), ('B', B, A.shape[1]), ('C', C, A.shape[1])):
+        if tuple(X.shape) != (b, H, W, 4, last):
+            raise ValueError(f"{name} must be (b, H, W, 4, {'R' if name == 'dt' else 'N'}) = {(b, H, W, 4, last)}, got {tuple(X.shape)}")
     for name, v in (('D', D), ('delta_bias', delta_bias)):
         if v is not None and tuple(v.shape) != (4 * Di,): raise ValueError(f"{name} must be (4*Di={4 * Di},), got {tuple(v.shape)}")
 
 def ss2d_scan_ref(u:torch.Tensor, # (b, H, W, Di) input at every pixel
-                  delta:torch.Tensor, # (b, H, W, 4, Di) step size of each route before bias/softplus
+                  dt:torch.Tensor, # (b, H, W, 4, R) low-rank step sizes of each route (x_proj's Δ part)
+                  dt_weight:torch.Tensor, # (4, Di, R) dt projection: route k's δ = dt[..., k, :] @ dt_weight[k].T
                   B:torch.Tensor, # (b, H, W, 4, N) input matrix of each route
                   C:torch.Tensor, # (b, H, W, 4, N) output matrix of each route
                   A:torch.Tensor, # (4*Di, N) state matrix, route k's channels at k*Di..
                   D:torch.Tensor|None=None, # (4*Di,) skip connection
-                  delta_bias:torch.Tensor|None=None, # (4*Di,) added to delta
-                  delta_softplus:bool=True, # apply softplus to delta + delta_bias
+                  delta_bias:torch.Tensor|None=None, # (4*Di,) added to δ
+                  delta_softplus:bool=True, # apply softplus to δ + delta_bias
                   backend:str='ref', # the plain scan underneath: any of `scan_backends()`
                  )->torch.Tensor: # (b, H, W, Di) in the compute dtype
     "The four routes scanned with the plain scan and summed per pixel as `(r0 + r2) + (r1 + r3)`: fused SS2D's reference."
-    _check_ss2d(u, delta, B, C, A, D, delta_bias)
+    _check_ss2d(u, dt, dt_weight, B, C, A, D, delta_bias)
     b, H, W, Di = u.shape; L, N = H * W, A.shape[1]
-    ct = _compute_dtype(u, delta, B, C, A, D, delta_bias)
+    ct = _compute_dtype(u, dt, dt_weight, B, C, A, D, delta_bias)
+    delta = torch.einsum('bhwkr,kdr->bhwkd', dt.to(ct), dt_weight.to(ct))     # (b, H, W, 4, Di)
     idx = ss2d_routes(H, W, u.device)                                        # (4, L)
     route = lambda X, per_route: torch.stack([(X[:, idx[k], k] if per_route else X[:, idx[k]]) for k in range(4)], 1)
     seq = lambda X: X.permute(0, 1, 3, 2).reshape(b, -1, L)                  # (b, 4, L, c) -> (b, 4*c, L)
     us = route(u.reshape(b, L, Di).to(ct), False)                            # (b, 4, L, Di)
-    ds = route(delta.reshape(b, L, 4, Di).to(ct), True)
+    ds = route(delta.reshape(b, L, 4, Di), True)
     Bs, Cs = (route(X.reshape(b, L, 4, N).to(ct), True).transpose(2, 3) for X in (B, C))    # (b, 4, N, L)
     y = selective_scan_fn(seq(us), seq(ds), A.to(ct), Bs, Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           backend=backend).view(b, 4, Di, L).transpose(2, 3)   # (b, 4, L, Di) in step order
@@ -1182,49 +1273,59 @@ def _pixel_major(t):
     ok = t.stride(-1) == 1 and (t.shape[1] == 1 or t.shape[2] == 1 or t.stride(1) == t.stride(2) * t.shape[2])
     return t if ok else t.contiguous()
 
-def _ss2d_args(u, delta, B, C, A, D, delta_bias):
-    "The seven tensor arguments of `ss2d_fwd`/`ss2d_bwd`: fp32 views where possible, empty for None."
-    return [_pixel_major(t) for t in (u, delta, B, C)] + [_f32(t) for t in (A, D, delta_bias)]
+def _ss2d_args(u, dt, dt_weight, B, C, A, D, delta_bias):
+    "The eight tensor arguments of `ss2d_fwd`/`ss2d_bwd`: fp32 views where possible, empty for None."
+    return [_pixel_major(t) for t in (u, dt)] + [_f32(dt_weight)] + [_pixel_major(t) for t in (B, C)] + \
+           [_f32(t) for t in (A, D, delta_bias)]
+
+def _ss2d_kernel_grads(xs, softplus:bool, dy)->list:
+    "The kernel's fp32 gradients of (u, dt, dt_weight, B, C, A, D, delta_bias); d dt = dδ · dt_weight per route."
+    du, dd, dB, dC, dA, dD, dbias, dW = _load().ss2d_bwd(*xs, softplus, _pixel_major(dy))
+    b, H, W, K, Di = dd.shape
+    ddt = torch.bmm(dd.view(-1, K, Di).transpose(0, 1), xs[2]).transpose(0, 1).reshape(b, H, W, K, -1)
+    return [du, ddt, dW, dB, dC, dA, dD, dbias]
 
 class SS2DScanCPU(torch.autograd.Function):
     "The fused four-route scan with its own backward. Use `ss2d_scan_cpu`, which checks shapes."
     @staticmethod
-    def forward(ctx, u, delta, B, C, A, D, delta_bias, delta_softplus):
-        xs = _ss2d_args(u, delta, B, C, A, D, delta_bias)
-        ctx.save_for_backward(*xs, u, delta, B, C, A, D, delta_bias)
+    def forward(ctx, u, dt, dt_weight, B, C, A, D, delta_bias, delta_softplus):
+        ts = (u, dt, dt_weight, B, C, A, D, delta_bias)
+        xs = _ss2d_args(*ts)
+        ctx.save_for_backward(*xs, *ts)
         ctx.softplus = bool(delta_softplus)
-        ctx.meta = [None if t is None else (t.dtype, t.shape) for t in (u, delta, B, C, A, D, delta_bias)]
+        ctx.meta = [None if t is None else (t.dtype, t.shape) for t in ts]
         return _load().ss2d_fwd(*xs, ctx.softplus)
 
     @staticmethod
     def backward(ctx, dy):
         saved = ctx.saved_tensors
-        xs, raw = saved[:7], saved[7:]
+        xs, raw = saved[:8], saved[8:]
         if torch.is_grad_enabled():   # create_graph=True: second-order gradients through the differentiable reference
             with torch.enable_grad():
                 y = ss2d_scan_ref(*raw, delta_softplus=ctx.softplus)
                 want = [i for i, (t, n) in enumerate(zip(raw, ctx.needs_input_grad)) if n and t is not None]
                 gs = torch.autograd.grad(y, [raw[i] for i in want], dy, create_graph=True, allow_unused=True)
-            res = [None] * 7
+            res = [None] * 8
             for i, g in zip(want, gs): res[i] = g
             return (*res, None)
-        grads = _load().ss2d_bwd(*xs, ctx.softplus, _pixel_major(dy))
+        grads = _ss2d_kernel_grads(xs, ctx.softplus, dy)
         return (*[None if m is None or not need else g.reshape(m[1]).to(m[0])
                   for g, m, need in zip(grads, ctx.meta, ctx.needs_input_grad)], None)
 
 # %% ../nbs/01a_scan_cpu.ipynb #fbe87674
 def ss2d_scan_cpu(u:torch.Tensor, # (b, H, W, Di) input at every pixel (any strides with contiguous channels)
-                  delta:torch.Tensor, # (b, H, W, 4, Di) step size of each route before bias/softplus
-                  B:torch.Tensor, # (b, H, W, 4, N) input matrix of each route (e.g. a strided view of x_proj's output)
+                  dt:torch.Tensor, # (b, H, W, 4, R) low-rank step sizes of each route (e.g. a strided view of x_proj's output)
+                  dt_weight:torch.Tensor, # (4, Di, R) dt projection: route k's δ = dt[..., k, :] @ dt_weight[k].T
+                  B:torch.Tensor, # (b, H, W, 4, N) input matrix of each route
                   C:torch.Tensor, # (b, H, W, 4, N) output matrix of each route
                   A:torch.Tensor, # (4*Di, N) state matrix, route k's channels at k*Di..
                   D:torch.Tensor|None=None, # (4*Di,) skip connection
-                  delta_bias:torch.Tensor|None=None, # (4*Di,) added to delta
-                  delta_softplus:bool=True, # apply softplus to delta + delta_bias
+                  delta_bias:torch.Tensor|None=None, # (4*Di,) added to δ
+                  delta_softplus:bool=True, # apply softplus to δ + delta_bias
                  )->torch.Tensor: # (b, H, W, Di) float32 (fp64 inputs: fp64, from the reference)
     "SS2D's four routes scanned and merged per pixel in one compiled op (fp32 compute); `ss2d_scan_ref` where it cannot run."
-    _check_ss2d(u, delta, B, C, A, D, delta_bias)
-    ts = (u, delta, B, C, A, D, delta_bias)
+    ts = (u, dt, dt_weight, B, C, A, D, delta_bias)
+    _check_ss2d(*ts)
     if _tracing(): return torch.ops.ssm_explore.ss2d_scan(*ts, bool(delta_softplus))   # one op for compile/export
     if not _kernel_applies(*ts): return ss2d_scan_ref(*ts, delta_softplus=delta_softplus, backend='torch')
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts):
@@ -1232,42 +1333,43 @@ def ss2d_scan_cpu(u:torch.Tensor, # (b, H, W, Di) input at every pixel (any stri
     return _load().ss2d_fwd(*_ss2d_args(*ts), bool(delta_softplus))
 
 # %% ../nbs/01a_scan_cpu.ipynb #f5fbd54b
-_SS2D_TS = "Tensor u, Tensor delta, Tensor B, Tensor C, Tensor A, Tensor? D, Tensor? delta_bias, bool delta_softplus"
+_SS2D_TS = ("Tensor u, Tensor dt, Tensor dt_weight, Tensor B, Tensor C, Tensor A, Tensor? D, Tensor? delta_bias, "
+            "bool delta_softplus")
 
 @torch.library.custom_op('ssm_explore::ss2d_scan', mutates_args=(), schema=f"({_SS2D_TS}) -> Tensor")
-def _ss2d_op(u, delta, B, C, A, D, delta_bias, delta_softplus):
+def _ss2d_op(u, dt, dt_weight, B, C, A, D, delta_bias, delta_softplus):
     "The fused scan's forward: (b, H, W, Di) in the compute dtype."
-    ts = (u, delta, B, C, A, D, delta_bias)
+    ts = (u, dt, dt_weight, B, C, A, D, delta_bias)
     if _kernel_applies(*ts): return _load().ss2d_fwd(*_ss2d_args(*ts), bool(delta_softplus))
     with torch.no_grad(): return ss2d_scan_ref(*ts, delta_softplus=delta_softplus, backend='torch').contiguous()
 
 @_ss2d_op.register_fake
-def _(u, delta, B, C, A, D, delta_bias, delta_softplus):
-    _check_ss2d(u, delta, B, C, A, D, delta_bias)
-    return u.new_empty(u.shape, dtype=_compute_dtype(u, delta, B, C, A, D, delta_bias))
+def _(u, dt, dt_weight, B, C, A, D, delta_bias, delta_softplus):
+    _check_ss2d(u, dt, dt_weight, B, C, A, D, delta_bias)
+    return u.new_empty(u.shape, dtype=_compute_dtype(u, dt, dt_weight, B, C, A, D, delta_bias))
 
 @torch.library.custom_op('ssm_explore::ss2d_scan_bwd', mutates_args=(), schema=f"({_SS2D_TS}, Tensor dy) -> Tensor[]")
-def _ss2d_bwd_op(u, delta, B, C, A, D, delta_bias, delta_softplus, dy):
-    "The kernel's gradients of the 7 tensor inputs (empty for absent ones)."
-    ts = (u, delta, B, C, A, D, delta_bias)
-    grads = _load().ss2d_bwd(*_ss2d_args(*ts), bool(delta_softplus), _pixel_major(dy))
+def _ss2d_bwd_op(u, dt, dt_weight, B, C, A, D, delta_bias, delta_softplus, dy):
+    "The kernel's gradients of the 8 tensor inputs (empty for absent ones)."
+    ts = (u, dt, dt_weight, B, C, A, D, delta_bias)
+    grads = _ss2d_kernel_grads(_ss2d_args(*ts), bool(delta_softplus), dy)
     return [u.new_empty(0) if t is None else g.reshape(t.shape).to(t.dtype) for g, t in zip(grads, ts)]
 
 @_ss2d_bwd_op.register_fake
-def _(u, delta, B, C, A, D, delta_bias, delta_softplus, dy):
-    return [u.new_empty(0) if t is None else t.new_empty(t.shape) for t in (u, delta, B, C, A, D, delta_bias)]
+def _(u, dt, dt_weight, B, C, A, D, delta_bias, delta_softplus, dy):
+    return [u.new_empty(0) if t is None else t.new_empty(t.shape) for t in (u, dt, dt_weight, B, C, A, D, delta_bias)]
 
 def _ss2d_op_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:7]); ctx.softplus = inputs[7]
+    ctx.save_for_backward(*inputs[:8]); ctx.softplus = inputs[8]
 
 def _ss2d_op_backward(ctx, dy):
-    ts, needs, graph = ctx.saved_tensors, ctx.needs_input_grad[:7], torch.is_grad_enabled()
+    ts, needs, graph = ctx.saved_tensors, ctx.needs_input_grad[:8], torch.is_grad_enabled()
     if graph or not _kernel_applies(*ts):   # create_graph=True, or no kernel here: recompute through the reference
         want = [i for i, (t, n) in enumerate(zip(ts, needs)) if n and t is not None]
         with torch.enable_grad():
             y = ss2d_scan_ref(*ts, delta_softplus=ctx.softplus, backend='ref' if graph else 'torch')
             gs = torch.autograd.grad(y, [ts[i] for i in want], dy, create_graph=graph, allow_unused=True)
-        grads = [None] * 7
+        grads = [None] * 8
         for i, g in zip(want, gs): grads[i] = g
     else:
         grads = torch.ops.ssm_explore.ss2d_scan_bwd(*ts, ctx.softplus, dy)

@@ -11,20 +11,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 
 from .scan import selective_scan_fn
+from .scan_cpu import ss2d_scan_cpu, _kernel_applies
 from .mamba import set_scan_backend
 from .checkpoint import read_checkpoint, state_dict_of, CheckpointError, register_safe_globals
 
 # %% auto #0
-__all__ = ['RELEASE_URL', 'VARIANTS', 'default_cfgs', 'Linear2d', 'LayerNorm2d', 'cross_scan', 'cross_merge', 'SS2D', 'Mlp',
-           'VSSBlock', 'patch_embed', 'downsample', 'VSSStage', 'VSSM', 'vmamba_tiny', 'vmamba_small', 'vmamba_base',
-           'test_vmamba', 'CheckpointMismatch', 'unwrap_checkpoint', 'describe_state_dict', 'checkpoint_filter_fn',
-           'load_checkpoint']
+__all__ = ['RELEASE_URL', 'VARIANTS', 'default_cfgs', 'Linear2d', 'LayerNorm2d', 'cross_scan', 'cross_merge', 'SS2D', 'ss2d_scan',
+           'Mlp', 'VSSBlock', 'patch_embed', 'downsample', 'VSSStage', 'VSSM', 'vmamba_tiny', 'vmamba_small',
+           'vmamba_base', 'test_vmamba', 'CheckpointMismatch', 'unwrap_checkpoint', 'describe_state_dict',
+           'checkpoint_filter_fn', 'load_checkpoint']
 
 # %% ../nbs/03_vmamba.ipynb #9848acaf
 class Linear2d(nn.Linear):
@@ -66,6 +67,8 @@ def cross_merge(ys:torch.Tensor, H:int, W:int)->torch.Tensor:
     o = out.permute(1, 2, 0, 3)                                                 # write pixel-major (B, H, W, D)
     o.copy_(y[:, :, 0].view(H, W, B, D)).add_(y[:, :, 1].view(W, H, B, D).transpose(0, 1))
     return out
+
+_cross_merge = cross_merge   # the module's own merge: `explain.route_patch` swaps the global for its own
 
 # %% ../nbs/03_vmamba.ipynb #95831da8
 class SS2D(nn.Module):
@@ -109,24 +112,55 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward(self, x:torch.Tensor)->torch.Tensor:
-        B, _, H, W = x.shape
-        K, Di, N, R, L = 4, self.d_inner, self.d_state, self.dt_rank, H * W
+        K, Di, N, R = 4, self.d_inner, self.d_state, self.dt_rank
         x = F.silu(self.conv2d(self.in_proj(x))).permute(0, 2, 3, 1)                # (B, H, W, Di)
-        # x_proj of all four routes at every pixel in one product, then put into route order
-        x_dbl = F.linear(x, self.x_proj_weight.reshape(K * (R + 2 * N), Di)).view(B, H, W, K, R + 2 * N)
-        dts, Bs, Cs = torch.split(cross_scan(x_dbl), [R, N, N], dim=-1)          # (L, B, K, R|N|N)
-        dts = _route_linear(dts, self.dt_projs_weight)                            # (L, B, K, Di)
-        xs = cross_scan(x)                                                        # (L, B, K, Di)
-        f32, seq = torch.float32, (lambda t: t.reshape(L, B, -1).permute(1, 2, 0))  # (L, B, K, c) -> (B, K*c, L)
-        ys = selective_scan_fn(seq(xs).to(f32), seq(dts).to(f32), -torch.exp(self.A_logs.to(f32)),
-                               Bs.permute(1, 2, 3, 0).to(f32), Cs.permute(1, 2, 3, 0).to(f32),  # (B, K, N, L)
-                               delta_bias=self.dt_projs_bias.reshape(-1).to(f32),
-                               delta_softplus=True, backend=self.scan_backend)    # (B, K*Di, L) float32
-        # skip term D·u added here, in the time-major layout of xs (the scan would add it in its (B, K*Di, L) output)
-        ys = (xs.to(f32) * self.Ds.to(f32).view(K, Di)).add_(ys.permute(2, 0, 1).view(L, B, K, Di))
-        y = cross_merge(ys, H, W)                                                 # (B, H, W, Di)
+        # x_proj of all four routes at every pixel in one product: (B, H, W, K, R+2N)
+        x_dbl = F.linear(x, self.x_proj_weight.reshape(K * (R + 2 * N), Di)).unflatten(-1, (K, R + 2 * N))
+        y = ss2d_scan(x, x_dbl, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+                      backend=self.scan_backend)                                  # (B, H, W, Di) float32
         y = self.out_norm(y.permute(0, 3, 1, 2).to(self.out_norm.weight.dtype))
         return self.out_proj(y)
+
+def _fused_applies(backend:str, *ts)->bool:
+    "Whether the fused CPU op runs: backend 'auto'/'cpu', fp32 compute on CPU, the kernel built, the merge not patched."
+    return backend in ('auto', 'cpu') and cross_merge is _cross_merge and _kernel_applies(*ts)
+
+@register_notrace_function   # one node in timm's FX tracer (features_only=True, feature_cls='fx')
+def ss2d_scan(x:torch.Tensor, # (B, H, W, Di) input of the scan at every pixel
+              x_dbl:torch.Tensor, # (B, H, W, K, R+2N) x_proj output of every route: [Δ | B | C]
+              dt_projs_weight:torch.Tensor, # (K, Di, R)
+              dt_projs_bias:torch.Tensor, # (K, Di)
+              A_logs:torch.Tensor, # (K*Di, N)
+              Ds:torch.Tensor, # (K*Di,)
+              backend:str='auto', # 'auto' or one of `scan_backends()`
+             )->torch.Tensor: # (B, H, W, Di) float32, the four routes summed per pixel
+    "SS2D's selective scan: the fused CPU op where it applies, else cross_scan → `selective_scan_fn` → cross_merge."
+    K, Di, R = dt_projs_weight.shape
+    N, f32 = A_logs.shape[1], torch.float32
+    A = -torch.exp(A_logs.to(f32))
+    if _fused_applies(backend, x, x_dbl, dt_projs_weight, A_logs, Ds):   # dt, B, C: strided views of x_dbl
+        return ss2d_scan_cpu(x, x_dbl[..., :R], dt_projs_weight, x_dbl[..., R:R + N], x_dbl[..., R + N:], A,
+                             Ds.to(f32), dt_projs_bias.reshape(-1).to(f32), delta_softplus=True)
+    return _ss2d_composite(x, x_dbl, dt_projs_weight, dt_projs_bias, A, Ds, backend)
+
+torch.fx.wrap('ss2d_scan')   # and one node in torch.fx.symbolic_trace
+
+def _ss2d_composite(x, x_dbl, dt_projs_weight, dt_projs_bias, A, Ds, backend):
+    "The scan on route-ordered copies: the reference of the fused op (and the path of `explain.route_patch`)."
+    B, H, W, _ = x.shape
+    K, Di, R = dt_projs_weight.shape
+    N, L, f32 = A.shape[1], H * W, torch.float32
+    dts, Bs, Cs = torch.split(cross_scan(x_dbl), [R, N, N], dim=-1)              # (L, B, K, R|N|N)
+    dts = _route_linear(dts, dt_projs_weight)                                    # (L, B, K, Di)
+    xs = cross_scan(x)                                                           # (L, B, K, Di)
+    seq = lambda t: t.reshape(L, B, -1).permute(1, 2, 0)                         # (L, B, K, c) -> (B, K*c, L)
+    ys = selective_scan_fn(seq(xs).to(f32), seq(dts).to(f32), A,
+                           Bs.permute(1, 2, 3, 0).to(f32), Cs.permute(1, 2, 3, 0).to(f32),  # (B, K, N, L)
+                           delta_bias=dt_projs_bias.reshape(-1).to(f32),
+                           delta_softplus=True, backend=backend)                 # (B, K*Di, L) float32
+    # skip term D·u added here, in the time-major layout of xs (the scan would add it in its (B, K*Di, L) output)
+    ys = (xs.to(f32) * Ds.to(f32).view(K, Di)).add_(ys.permute(2, 0, 1).view(L, B, K, Di))
+    return cross_merge(ys, H, W)                                                 # (B, H, W, Di)
 
 def _route_linear(x:torch.Tensor, w:torch.Tensor)->torch.Tensor:
     "Per-route linear map. x: (L, B, K, R), w: (K, D, R) -> (L, B, K, D)"
@@ -225,6 +259,8 @@ class VSSM(nn.Module):
                              for i in range(len(depths))]
         self.apply(self._init_weights)
         set_scan_backend(self, scan_backend)
+        for m in self.modules():   # the maps are channels-last: conv weights too, or oneDNN reorders them at every call
+            if isinstance(m, nn.Conv2d): m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
     def _init_weights(m:nn.Module):
