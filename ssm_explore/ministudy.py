@@ -14,14 +14,14 @@ from .evaluate import (Normalized, evaluate, severity_plan, prepare_run, describ
                                   load_results)
 
 # %% auto #0
-__all__ = ['MINI_MODELS', 'MINI_BUILDERS', 'create_mini_model', 'n_params', 'mini_name', 'arch_of', 'one_per_arch',
+__all__ = ['MINI_MODELS', 'MINI_BUILDERS', 'create_mini_model', 'mini_steps', 'n_params', 'mini_name', 'arch_of', 'one_per_arch',
            'CroppedDepthwiseConv2d', 'crop_depthwise', 'augment_batch', 'accuracy', 'train_classifier',
            'MiniStudyConfig', 'load_split', 'train_mini_models', 'seed_accuracy', 'seed_comparisons', 'factor_accuracy',
            'plot_learning_curves', 'seed_summary', 'run_mini_study', 'consistency_lines', 'print_mini_summary']
 
 # %% ../nbs/06a_ministudy.ipynb #9bc808e3
-MINI_MODELS = {  # name: architecture, its sizes, and lr: the AdamW peak learning rate of its recipe
-    'vmamba_mini':   dict(arch='vmamba',   depths=(2, 2, 4, 2), dims=24, lr=1e-3),
+MINI_MODELS = {  # name: architecture, its sizes, and its recipe: lr (AdamW peak), steps_x (x the study's steps; default 1)
+    'vmamba_mini':   dict(arch='vmamba',   depths=(2, 2, 4, 2), dims=24, lr=1e-3, steps_x=5/3),
     'swin_mini':     dict(arch='swin',     depths=(2, 2, 2, 2), embed_dim=32, num_heads=(2, 4, 8, 16), window_size=4, lr=1e-3),
     'convnext_mini': dict(arch='convnext', depths=(2, 2, 4, 2), dims=(32, 64, 128, 256), lr=3e-3),
 }
@@ -41,8 +41,12 @@ MINI_BUILDERS = {'vmamba': _vmamba, 'swin': _timm('swin_tiny_patch4_window7_224'
 def create_mini_model(name:str, num_classes:int, image_size:int=32)->nn.Module:
     "One of the `MINI_MODELS`, randomly initialised."
     if name not in MINI_MODELS: raise KeyError(f'unknown mini model {name!r}; known: {sorted(MINI_MODELS)}')
-    cfg = {k: v for k, v in MINI_MODELS[name].items() if k not in ('arch', 'lr')}
+    cfg = {k: v for k, v in MINI_MODELS[name].items() if k not in ('arch', 'lr', 'steps_x')}
     return crop_depthwise(MINI_BUILDERS[MINI_MODELS[name]['arch']](num_classes, image_size, **cfg))
+
+def mini_steps(name:str, steps:int)->int:
+    "Training steps of mini model `name` in a study of `steps` steps (its recipe's `steps_x` times that)."
+    return int(round(steps * MINI_MODELS[name].get('steps_x', 1)))
 
 def n_params(m:nn.Module)->int: return sum(p.numel() for p in m.parameters())
 
@@ -167,7 +171,7 @@ class MiniStudyConfig:
     def pool(self)->tuple:
         "The training pool: one fresh image per sample of every step."
         from ssm_explore.data import embedded_pool
-        return embedded_pool(self.steps * self.batch_size, self.image_size, self.seed)
+        return embedded_pool(max(mini_steps(m, self.steps) for m in self.models) * self.batch_size, self.image_size, self.seed)
 
     def train_key(self, name:str, seed:int)->str:
         "Cache key of one trained model: every setting that changes it, the embedded dataset's version and ranges included."
@@ -193,16 +197,17 @@ def train_mini_models(cfg:MiniStudyConfig, progress:bool=True)->dict:
     for name in cfg.models:
         for s in cfg.seeds:
             d = cache_dir('ministudy', cfg.train_key(name, s)); ck, meta = d/'model.pth', d/'info.json'
+            seed_everything(s)   # the initial weights depend on the seed only (not on which models came before)
             model = create_mini_model(name, len(EMBEDDED_CLASSES), cfg.image_size)
             if ck.is_file() and meta.is_file():
                 model.load_state_dict(read_checkpoint(ck)); info = load_json(meta); net = Normalized(model).eval()
             else:
                 if pool is None: pool = cfg.pool()
                 t0 = time.perf_counter()
-                net, hist = train_classifier(model, pool, va, cfg.steps, cfg.batch_size, MINI_MODELS[name]['lr'],
+                net, hist = train_classifier(model, pool, va, mini_steps(name, cfg.steps), cfg.batch_size, MINI_MODELS[name]['lr'],
                                              warmup=cfg.warmup, seed=s, augment=cfg.augment, progress=progress, desc=mini_name(name, s))
                 info = dict(history=hist, val_top1=hist[-1]['val_top1'], params=n_params(model),
-                            train_seconds=time.perf_counter() - t0, train_images=cfg.steps * cfg.batch_size)
+                            train_seconds=time.perf_counter() - t0, train_images=mini_steps(name, cfg.steps) * cfg.batch_size)
                 save_checkpoint(model.state_dict(), ck); save_json(info, meta)
             out[mini_name(name, s)] = dict(model=net, checkpoint=ck, arch=name, seed=s, **info)
     return out
