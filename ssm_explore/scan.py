@@ -398,9 +398,11 @@ def _resolve_backend(backend, u):
     if u.is_cuda and has_backend('mamba_ssm'): return 'cuda'
     return next((n for n, usable in (_AUTO_CUDA if u.is_cuda else _AUTO_CPU) if usable(u)), 'torch')
 
+def _fx_tracing()->bool: return torch.fx._symbolic_trace.is_fx_symbolic_tracing()   # tensors are FX Proxies
+
 def _tracing()->bool:
     "Whether the caller is being traced (torch.compile, torch.export, FX, make_fx): then the scan is one opaque op."
-    return (torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_tracing()
+    return (torch.compiler.is_compiling() or _fx_tracing()
             or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None)
 
 def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
@@ -418,8 +420,7 @@ def selective_scan_fn(u:torch.Tensor, # (batch, dim, L) input
     "Selective scan with mamba-ssm's signature and semantics. Returns out: (batch, dim, L) in u's dtype (and h_L)."
     ts = (u, delta, A, B, C, D, z, delta_bias)
     if _tracing():   # one node `ssm_explore::selective_scan`; the backend is resolved when it runs
-        save = torch.fx._symbolic_trace.is_fx_tracing() or (
-            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts))
+        save = _fx_tracing() or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts))
         out, h, _ = torch.ops.ssm_explore.selective_scan(*ts, delta_softplus, backend, save)
         return (out, h) if return_last_state else out
     return _BACKENDS[_resolve_backend(backend, u)](*ts, delta_softplus, return_last_state)
