@@ -339,7 +339,7 @@ def print_mini_summary(res:dict):
     "Print the clean accuracies per seed and architecture, the report-configuration table (mean over seeds) and the verdicts."
     sa = res['seed_accuracy']
     for _, c in sa[sa['transform'] == 'clean'].iterrows():
-        seeds = ' '.join(f'{c[k]:.1f}' for k in sa.columns if k.startswith('top1_s') and pd.notna(c[k]))
+        seeds = ' '.join(f'{c[k]:.1f}' for k in sa.columns if k.startswith('top1_s') and k[6:].isdigit() and pd.notna(c[k]))
         print(f"{c.model:<15} test clean top-1 {c.top1:.1f} ± {c.top1_sd:.1f} over {c.n_seeds} seeds ({seeds})")
     t = sa[sa.severity == 0].pivot_table(index='transform', columns='model', values='top1')
     print(t.loc[t.mean(1).sort_values(ascending=False).index].round(1).to_string())
