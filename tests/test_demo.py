@@ -1,5 +1,5 @@
-"The README's main command in its CI size: `ssm-explore demo --quick` on a fresh cache writes the whole report, and a
-second process on another fresh cache retrains and rewrites the robustness part byte for byte."
+"""The README's main command in its CI size: `ssm-explore demo --quick` on a fresh cache writes the whole report, and a
+second process on another fresh cache retrains and rewrites the robustness part byte for byte."""
 import json, os, re, subprocess, sys
 from pathlib import Path
 
