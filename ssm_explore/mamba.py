@@ -52,7 +52,7 @@ class Mamba(nn.Module):
                  use_fast_path:bool=True, # allow mamba-ssm's fused kernel on CUDA (as in mamba-ssm)
                  layer_idx:int|None=None, # kept for compatibility (mamba-ssm uses it for its inference cache)
                  device=None, dtype=None, # factory arguments for the parameters (A_log and D stay fp32)
-                 backend:str='auto', # scan and convolution backend: 'auto', 'torch', 'ref' or 'cuda'
+                 backend:str='auto', # scan and convolution backend: 'auto' or one of `scan_backends()`
                 ):
         super().__init__()
         _check_backend(backend)
@@ -117,7 +117,7 @@ class Mamba(nn.Module):
 
 # %% ../nbs/02_mamba.ipynb #7381f278
 def set_scan_backend(model:nn.Module, # a network containing `Mamba` blocks (or a block)
-                     backend:str, # 'auto' or one of `scan_backends()` ('ref', 'torch', 'cuda', 'cpu')
+                     backend:str, # 'auto' or one of `scan_backends()` ('ref', 'torch', 'cuda', 'cpu', 'triton')
                     )->nn.Module: # the same model
     "Set the scan backend of every `Mamba` block and every module with a `scan_backend` (VMamba's SS2D) in `model`."
     _check_backend(backend)

@@ -1,5 +1,5 @@
 "Mamba block: equations in float64, backends, mamba-ssm's names/shapes/dtypes and initialisation."
-import copy, json, math
+import copy, json, math, os
 from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
@@ -123,7 +123,10 @@ def test_causal_conv_matches_padded_conv_and_rejects_bad_arguments():
     torch.testing.assert_close(causal_conv1d(x, w, b), F.conv1d(x, w, b, padding=3, groups=6)[..., :9])
     torch.testing.assert_close(causal_conv1d(x[..., :2], w, b), F.conv1d(x[..., :2], w, b, padding=3, groups=6)[..., :2])
     with pytest.raises(ValueError, match='activation'): causal_conv1d(x, w, b, activation='relu')
-    with pytest.raises(ValueError, match='backend'): Mamba(8, backend='triton')
+    with pytest.raises(ValueError, match='backend must be one of'): Mamba(8, backend='no-such-backend')
+    from ssm_explore.scan import scan_backends
+    if 'triton' in scan_backends() and not torch.cuda.is_available() and not os.environ.get('TRITON_INTERPRET'):
+        with pytest.raises((ValueError, ImportError), match='triton'): Mamba(8, backend='triton')(torch.randn(1, 3, 8))
 
 
 def test_cuda_backend_asks_for_the_kernels_only_when_requested():
