@@ -62,7 +62,7 @@ def robustness_section(res:dict, root:Path)->str:
 # %% ../nbs/11_demo.ipynb #5ae2b1ce
 def finetune_section(r:dict, root:Path)->str:
     "Markdown for the U-Mamba part of the report."
-    from ssm_explore.finetune import format_study
+    from ssm_explore.finetune_study import format_study
     md = format_study(r).replace('# Fine-tuning U-Mamba', '## 3. Fine-tuning U-Mamba', 1)
     figs = r.get('figures') or {}
     for k, title in [('figure1', 'Figure 1: gradient magnitudes during fine-tuning'), ('figure5', 'Figure 5: validation loss and Dice per epoch')]:
@@ -104,7 +104,7 @@ def run_demo(out_dir='runs/demo', # the report folder
         part('robustness', '1. robustness mini-study', lambda: run_mini_study(out_dir, cfg, progress=progress),
              lambda r: robustness_section(r, out_dir))
     if 'explain' in parts and _has('ssm_explore.explain'):
-        from ssm_explore.explain import run_explain_study
+        from ssm_explore.explain_study import run_explain_study
         from ssm_explore.grounding import score_explanations
         def explain():
             r = run_explain_study(out_dir/'explain', results.get('robustness'), quick=quick)
@@ -114,8 +114,8 @@ def run_demo(out_dir='runs/demo', # the report folder
             return r
         part('explain', '2. explanations', explain,
              lambda r: r.get('markdown', '') + ('\n' + r['ground_truth']['markdown_for'](out_dir) if 'ground_truth' in r else ''))
-    if 'finetune' in parts and _has('ssm_explore.finetune'):
-        from ssm_explore.finetune import run_finetune_study   # the short version; `ssm-explore finetune` runs the full one
+    if 'finetune' in parts and _has('ssm_explore.finetune_study'):
+        from ssm_explore.finetune_study import run_finetune_study   # the short version; `ssm-explore finetune` runs the full one
         part('finetune', '3. U-Mamba fine-tuning regimes', lambda: run_finetune_study(out_dir/'finetune', quick=True, progress=progress),
              lambda r: finetune_section(r, out_dir))
     env = env_info()

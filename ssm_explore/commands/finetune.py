@@ -15,8 +15,8 @@ __all__ = ['finetune_cli']
 
 # %% ../../nbs/99d_cmd_finetune.ipynb #fe1c91a4
 def _parser():
-    from ssm_explore.finetune import REGIMES
-    p = make_parser('ssm-explore finetune', 'U-Mamba on roads: from scratch vs full fine-tuning vs gradient freezing.')
+    from ssm_explore.regimes import REGIMES
+    p = make_parser('ssm-explore finetune', 'U-Mamba on roads: from scratch, full fine-tuning, freezing and parameter-efficient regimes side by side.')
     p.add_argument('--out', default='finetune_report', help='output folder (resumes the runs found there)')
     p.add_argument('--quick', action='store_true', help='the ~1-minute version')
     p.add_argument('--roads', help='Massachusetts Roads folder (original {train,valid,test}/{sat,map} or mirror tiff/ layout)')
@@ -34,6 +34,7 @@ def _parser():
     p.add_argument('--optimizer', choices=['sgd', 'adamw']); p.add_argument('--lr', type=float_in(0, 10))
     p.add_argument('--n-train', type=int_at_least(1), help='training tiles (generated, or read from --roads)')
     p.add_argument('--seed', type=int)
+    p.add_argument('--variant', choices=['bot', 'enc'], help='U-Mamba variant of the embedded study network (default bot)')
     p.add_argument('--threads', type=int_at_least(1), help='torch CPU threads (1 is fastest on a busy shared machine)')
     p.add_argument('--device', choices=['cpu', 'cuda'], help='where to train (default cpu)')
     p.add_argument('--no-progress', action='store_true')
@@ -41,12 +42,13 @@ def _parser():
 
 def finetune_cli(argv:list)->int:
     "`ssm-explore finetune`: the fine-tuning regimes, figures 1 and 5."
-    from ssm_explore.finetune import StudyConfig, run_finetune_study, format_study, TrainingDiverged
+    from ssm_explore.finetune_study import StudyConfig, run_finetune_study, format_study
+    from ssm_explore.finetune import TrainingDiverged
     from ssm_explore.core import rank_world
     a = _parser().parse_args(argv)
     over = {k: v for k, v in dict(epochs=a.epochs, iters_per_epoch=a.iters, freeze_warmup=a.warmup, freeze_threshold=a.threshold,
                                   freeze_measure=a.measure, patch=a.patch, batch_size=a.batch_size, optimizer=a.optimizer,
-                                  lr=a.lr, n_train=a.n_train, seed=a.seed, device=a.device).items() if v is not None}
+                                  lr=a.lr, n_train=a.n_train, seed=a.seed, device=a.device, variant=a.variant).items() if v is not None}
     over['from_plan'] = tuple(k for k in ('patch', 'batch_size') if k not in over)
     if a.regimes: over['regimes'] = tuple(a.regimes)
     if a.prefix: over['prefix_modules'] = tuple(m.strip() for m in a.prefix.split(',') if m.strip())
