@@ -20,8 +20,8 @@ from .regimes import REGIMES, LoRALinear, merge_lora
 
 # %% auto #0
 __all__ = ['VARIANTS', 'StudyConfig', 'build_study_model', 'model_from_checkpoint', 'checkpoint_variant', 'plan_patch',
-           'check_patch', 'pretrain_source', 'interleaved_step_times', 'run_finetune_study', 'figure1', 'figure5',
-           'format_study']
+           'check_patch', 'pretrain_source', 'interleaved_step_times', 'tile_dice', 'run_finetune_study', 'figure1',
+           'figure5', 'format_study']
 
 # %% ../nbs/10c_finetune_study.ipynb #fc9c80cf
 @dataclass
@@ -153,13 +153,15 @@ def interleaved_step_times(models:dict, # {name: model}, each with its own train
     return {k: float(np.median(v)) for k, v in times.items()}
 
 # %% ../nbs/10c_finetune_study.ipynb #980a9fe1
-def _test_dice(model:nn.Module, data:SegmentationData, patch:int)->float:
-    "Dice of the road class over whole tiles (sliding window, Gaussian stitching), tp/fp/fn summed over tiles."
-    counts = torch.zeros(1, 3, dtype=torch.float64)
+def tile_dice(model:nn.Module, data:SegmentationData, patch:int)->dict:
+    "Dice of the road class over whole tiles (sliding window, Gaussian stitching): pooled (tp/fp/fn summed over tiles), per tile, and the true and predicted road fractions."
+    counts, per, pred_fg = torch.zeros(1, 3, dtype=torch.float64), [], []
     for i in range(len(data)):
         prob = sliding_window_predict(model, data.images[i], patch, stats=data.stats[i], device=next(model.parameters()).device)
-        counts += confusion_counts(torch.from_numpy(prob)[None], torch.from_numpy(data.labels[i].astype(np.int64))[None])
-    return dice_from_counts(counts)
+        c = confusion_counts(torch.from_numpy(prob)[None], torch.from_numpy(data.labels[i].astype(np.int64))[None])
+        counts += c; per.append(dice_from_counts(c)); pred_fg.append(float((prob.argmax(0) > 0).mean()))
+    return dict(dice=dice_from_counts(counts), per_tile=per, fg_fraction=data.foreground_fraction,
+                pred_fg_fraction=float(np.mean(pred_fg)))
 
 def _time_to(log:dict, target:float)->float|None:
     for d, t in zip(log['pseudo_dice'], log['wall_time']):
@@ -235,7 +237,7 @@ def run_finetune_study(out_dir, # report folder: one sub-folder per regime, resu
                 {k: src_ck['init_args'][k] for k in ('plans', 'configuration', 'model_args') if k in src_ck['init_args']})
     net_args['variant'] = cfg.variant if src_ck is None else checkpoint_variant(src_ck)
     results, trainers = dict(config=asdict(cfg), data=data_desc, pretrained_from=source, world_size=world), {}
-    first = next((r for r in cfg.regimes if REGIMES[r].pretrained), None)
+    first, base_cache = next((r for r in cfg.regimes if REGIMES[r].pretrained), None), {}   # full-training cost, once per network
     for name in cfg.regimes:
         reg, model = REGIMES[name], make_model(cfg.seed)
         if reg.pretrained:
@@ -243,11 +245,11 @@ def run_finetune_study(out_dir, # report folder: one sub-folder per regime, resu
             if rank == 0 and name == first:   # as nnU-Net logs it
                 print(f"{name}: loaded {len(keys['loaded'])} tensors from {ck_path}; re-initialised {len(keys['skipped'])} "
                       f"(.seg_layers.: {_short(keys['skipped'])})")
-        callbacks = reg.setup(model, cfg) + ([CostMeter()] if cfg.measure_cost else [])
+        callbacks = reg.setup(model, cfg) + ([CostMeter(base_cache)] if cfg.measure_cost else [])
         tr = Trainer(model, train, val_patches, cfg.train_config(progress=progress), out/name, name,
                      init_args=dict(net_args, regime=name), callbacks=callbacks)
         tr.fit(); trainers[name] = tr
-    if rank == 0: results.update(_measure(trainers, train, test, cfg, out, net_args))
+    if rank == 0: results.update(_measure(trainers, train, val, test, cfg, out, net_args))
     results['total_time'] = time.perf_counter() - t_start
     if rank == 0:
         if figures:
@@ -260,20 +262,24 @@ def run_finetune_study(out_dir, # report folder: one sub-folder per regime, resu
     if world > 1: torch.distributed.barrier()
     return results
 
-def _measure(trainers:dict, train:SegmentationData, test:SegmentationData, cfg:StudyConfig, out:Path, net_args:dict)->dict:
-    "Per regime: summary, whole-tile test Dice (LoRA merged), cost, policy decisions; time to target; interleaved speed."
+def _measure(trainers:dict, train:SegmentationData, val:SegmentationData, test:SegmentationData, cfg:StudyConfig, out:Path, net_args:dict)->dict:
+    "Per regime: summary, whole-tile Dice on the test and the validation tiles (LoRA merged), cost, policy decisions; time to target; interleaved speed."
     summ = {}
     for k, t in trainers.items():
         inf = _inference_model(t)
         if inf is not t.model and not (out/k/'checkpoint_merged.pth').exists():   # LoRA merged back: the pretrained layout again
             save_checkpoint(dict(network_weights=inf.state_dict(), init_args=dict(net_args, regime=k, merged_lora=True),
                                  trainer_name='ssm_explore.finetune.Trainer'), out/k/'checkpoint_merged.pth')
-        summ[k] = dict(t.summary(), label=REGIMES[k].label, test_dice=_test_dice(inf, test, cfg.patch), **_cost_summary(t),
-                       policy=_policy_reports(t))
+        te, va = tile_dice(inf, test, cfg.patch), tile_dice(inf, val, cfg.patch)
+        summ[k] = dict(t.summary(), label=REGIMES[k].label, test_dice=te['dice'], test_dice_per_tile=te['per_tile'],
+                       test_pred_fg=te['pred_fg_fraction'], val_tile_dice=va['dice'], val_pred_fg=va['pred_fg_fraction'],
+                       **_cost_summary(t), policy=_policy_reports(t))
+    res = dict(fg_fraction=dict(train=train.foreground_fraction, val=val.foreground_fraction, test=test.foreground_fraction,
+                                val_patches=float((trainers[next(iter(trainers))].val[1] > 0).float().mean())))
     finals = [s['final_dice'] for s in summ.values() if s['final_dice'] is not None]
     target = cfg.target_dice if cfg.target_dice is not None else 0.9*max(finals)
     for k, t in trainers.items(): summ[k]['time_to_target'] = _time_to(t.log, target)
-    res = dict(regimes=summ, target_dice=target)
+    res.update(regimes=summ, target_dice=target)
     if 'full' in trainers and len([k for k in trainers if REGIMES[k].pretrained]) > 1: res['speed'] = _speed(trainers, train, cfg)
     return res
 
@@ -322,7 +328,8 @@ def figure1(run_dir, # a run folder with grad_norms.csv (the study uses full fin
     axs[1].set(yscale='log', xlabel='iteration', title='(b) per kind: median and 10–90% band')
     axs[1].legend(fontsize=7)
     if prog is not None: _progressive_panel(axs[2], prog)
-    fig.suptitle('Figure 1. Gradient norms during full fine-tuning', fontsize=10); fig.tight_layout()
+    fig.suptitle('Figure 1. Gradient norms during full fine-tuning' + (', and the statistics progressive freezing decided on' if prog else ''),
+                 fontsize=10); fig.tight_layout()
     fig.savefig(path); plt.close(fig)
     return Path(path)
 
@@ -365,14 +372,17 @@ def format_study(r:dict)->str:
     sp = r.get('speed') or {}
     inter, speed = sp.get('interleaved', {}), sp.get('interleaved_speedup', {})
     lines = ['# Fine-tuning U-Mamba on roads: the regimes', '', f"Data: {r['data']}. Pretrained on: {r['pretrained_from']}.", '',
-             '| regime | what trains | final pseudo Dice | EMA Dice | test Dice (whole tiles) | median s/iter (logged, settled) | '
-             's/iter interleaved | speed-up vs full | trainable params | backward GFLOPs/iter (skipped) | saved activations MiB | time to Dice ≥ %.3f |' % r['target_dice'],
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             '| regime | what trains | final pseudo Dice (val patches) | EMA Dice | val Dice (whole tiles) | test Dice (whole tiles; tile range) | '
+             'median s/iter (logged, settled) | s/iter interleaved | speed-up vs full | trainable params | backward GFLOPs/iter (skipped) | '
+             'saved activations MiB | time to Dice ≥ %.3f |' % r['target_dice'],
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for k, s in r['regimes'].items():
         ttt = f"{s['time_to_target']:.1f} s" if s['time_to_target'] is not None else 'not reached'
         fl = f"{s['bwd_gflops']:.2f} ({s['bwd_gflops_skipped']:.2f})" if 'bwd_gflops' in s else '–'
         mem = f"{s['saved_mib']:.1f}" if 'saved_mib' in s else '–'
-        lines.append(f"| {k} | {s.get('label', k)} | {s['final_dice']:.4f} | {s['final_ema_dice']:.4f} | {s['test_dice']:.4f} | "
+        per = s.get('test_dice_per_tile') or [s['test_dice']]
+        lines.append(f"| {k} | {s.get('label', k)} | {s['final_dice']:.4f} | {s['final_ema_dice']:.4f} | {_fmt_num(s.get('val_tile_dice'))} | "
+                     f"{s['test_dice']:.4f} ({min(per):.2f}–{max(per):.2f}) | "
                      f"{_fmt_num(s['median_iter_time_settled'])} | {_fmt_num(inter.get(k))} | "
                      f"{_fmt_num(100*speed[k] if k in speed else None, '{:.1f}%')} | {s['n_trainable']:,} / {s['n_params']:,} | {fl} | {mem} | {ttt} |")
     if inter:
@@ -380,6 +390,12 @@ def format_study(r:dict)->str:
                       "batches (medians); the logged column is the runs' own median after the trainable set settled. "
                       "GFLOPs counted by `FlopCounterMode` (convolutions and matrix products); saved activations are the "
                       "tensors autograd keeps for the backward."]
+    if 'fg_fraction' in r:
+        fg = r['fg_fraction']
+        lines += ['', f"Road pixels: {100*fg['val_patches']:.1f}% of the validation patches (half of them centred on a road), "
+                      f"{100*fg['val']:.1f}% of the validation tiles, {100*fg['test']:.1f}% of the test tiles "
+                      f"({100*fg['train']:.1f}% of the training tiles). Pseudo Dice, whole-tile validation Dice and "
+                      "whole-tile test Dice differ by that sampling, not by the stitching (see the notebook)."]
     for k, s in r['regimes'].items():
         pol = s.get('policy') or {}
         if 'rule' in pol:

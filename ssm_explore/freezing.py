@@ -202,14 +202,16 @@ def step_cost(model:nn.Module, x:torch.Tensor, y:torch.Tensor)->dict:
 
 class CostMeter(Callback):
     "Adds backward GFLOPs, GFLOPs skipped (vs every parameter trainable) and saved-activation MiB to each iteration row; put it last."
-    def __init__(self): self._key, self._cost, self.base = None, None, None
+    def __init__(self, base_cache:dict|None=None # shared between runs: the all-trainable cost per (network layout, batch shape)
+                ): self._key, self._cost, self.base, self.cache = None, None, None, {} if base_cache is None else base_cache
     def before_step(self, trainer, step:int, x, y):   # after the other callbacks: the set this step trains
         key = tuple(p.requires_grad for p in trainer.model.parameters())
         if key == self._key: return
-        self._key, self._cost = key, step_cost(trainer.model, x, y)
-        if self.base is None:
-            if all(key): self.base = self._cost
-            else: full = copy.deepcopy(trainer.model); unfreeze_all(full); self.base = step_cost(full, x, y)
+        layout = (tuple((n, tuple(p.shape)) for n, p in trainer.model.named_parameters()), tuple(x.shape))
+        if layout not in self.cache:
+            full = copy.deepcopy(trainer.model); unfreeze_all(full); self.cache[layout] = step_cost(full, x, y)
+        self.base = self.cache[layout]
+        self._key, self._cost = key, self.base if all(key) else step_cost(trainer.model, x, y)
     def after_step(self, trainer, step:int, x, y):
         c = self._cost
         trainer.iters[-1].update(bwd_gflops=c['bwd_gflops'], bwd_gflops_skipped=self.base['bwd_gflops'] - c['bwd_gflops'],
