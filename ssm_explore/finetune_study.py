@@ -19,9 +19,9 @@ from .freezing import GradientRuleFreeze, ProgressivePrefixFreeze, CostMeter, fr
 from .regimes import REGIMES, LoRALinear, merge_lora
 
 # %% auto #0
-__all__ = ['VARIANTS', 'StudyConfig', 'build_study_model', 'model_from_checkpoint', 'checkpoint_variant', 'plan_patch',
-           'check_patch', 'pretrain_source', 'interleaved_step_times', 'tile_dice', 'run_finetune_study', 'figure1',
-           'figure5', 'format_study']
+__all__ = ['VARIANTS', 'GRID_METRICS', 'StudyConfig', 'build_study_model', 'model_from_checkpoint', 'checkpoint_variant',
+           'plan_patch', 'check_patch', 'pretrain_source', 'interleaved_step_times', 'tile_dice', 'run_finetune_study',
+           'figure1', 'figure5', 'format_study', 'run_finetune_grid', 'format_grid']
 
 # %% ../nbs/10c_finetune_study.ipynb #fc9c80cf
 @dataclass
@@ -57,6 +57,8 @@ class StudyConfig:
     target_dice: float|None = None     # None: 90% of the best final pseudo Dice of the regimes
     seed: int = 0
     regimes: tuple = ('scratch', 'full', 'freeze', 'freeze_prefix', 'autofreeze', 'lora', 'partial', 'head')
+    variants: tuple = ('bot',)         # `run_finetune_grid`: the variants to run
+    seeds: tuple = (0,)                # `run_finetune_grid`: the seeds to run (each: pretraining, data order, augmentation)
     from_plan: tuple = ('patch', 'batch_size')  # taken from a pretrained checkpoint's plan (the CLI drops those the user gives)
     device: str = 'cpu'                # 'cuda' to train on a GPU
 
@@ -66,6 +68,8 @@ class StudyConfig:
                                                regimes=('scratch', 'full', 'freeze', 'autofreeze')), **kw})
     @classmethod
     def default(cls, **kw): return cls(**kw)
+    @classmethod
+    def full(cls, **kw): return cls(**{**dict(variants=('bot', 'enc'), seeds=(0, 1, 2)), **kw})
 
     def train_config(self, **kw)->TrainConfig:
         return TrainConfig(**{**dict(epochs=self.epochs, iters_per_epoch=self.iters_per_epoch, batch_size=self.batch_size,
@@ -337,17 +341,19 @@ def figure5(logs:dict, # {regime: Trainer.log}
             path)->Path:
     "Figure 5: validation loss and pseudo Dice per epoch for each regime, and against wall time."
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(2, 2, figsize=(10, 6.5), dpi=90)
+    fig, axs = plt.subplots(2, 2, figsize=(10, 7.5), dpi=90)
     for k, L in logs.items():
         ep = np.array(L['epoch']) + 1
-        lab = f"{k}: {REGIMES[k].label if k in REGIMES else k} ({L['wall_time'][-1]:.0f} s)"
+        lab = f"{k} ({L['wall_time'][-1]:.0f} s)"   # what each regime trains: the summary table
         axs[0, 0].plot(ep, L['val_loss'], marker='.', label=lab); axs[0, 1].plot(ep, L['pseudo_dice'], marker='.', label=lab)
         axs[1, 0].plot(L['wall_time'], L['val_loss'], marker='.', label=lab); axs[1, 1].plot(L['wall_time'], L['pseudo_dice'], marker='.', label=lab)
     axs[0, 0].set(xlabel='epoch', ylabel='validation loss (CE − Dice)', title='(a) validation loss per epoch')
     axs[0, 1].set(xlabel='epoch', ylabel='pseudo Dice', title='(b) validation Dice per epoch')
     axs[1, 0].set(xlabel='wall time (s)', ylabel='validation loss'); axs[1, 1].set(xlabel='wall time (s)', ylabel='pseudo Dice')
-    for a in axs.ravel(): a.grid(alpha=0.3); a.legend(fontsize=7)
-    fig.suptitle('Figure 5. Training regimes on roads (wall times in the legend)', fontsize=10); fig.tight_layout()
+    for a in axs.ravel(): a.grid(alpha=0.3)
+    fig.legend(*axs[0, 0].get_legend_handles_labels(), loc='lower center', ncol=4, fontsize=8, frameon=False)
+    fig.suptitle('Figure 5. Training regimes on roads (wall times in the legend)', fontsize=10)
+    fig.tight_layout(rect=(0, 0.03 + 0.03*((len(logs) + 3)//4), 1, 1))
     fig.savefig(path); plt.close(fig)
     return Path(path)
 
@@ -410,4 +416,41 @@ def format_study(r:dict)->str:
             lines += ['', f"{k}: prefix frozen at steps {p['freeze_steps'] or 'never'} "
                           f"({', '.join(p['frozen_stages']) or 'no stage'}; change-rate threshold {p['threshold']:g}, window {p['window']})."]
     lines += ['', f"Total time {r['total_time']:.0f} s."]
+    return '\n'.join(lines) + '\n'
+
+# %% ../nbs/10c_finetune_study.ipynb #741711cc
+GRID_METRICS = ('final_dice', 'val_tile_dice', 'test_dice', 'median_iter_time_settled', 'n_trainable')
+
+def _mean_sd(v:list)->dict:
+    v = [x for x in v if x is not None]
+    return dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)) if len(v) > 1 else 0., n=len(v)) if v else None
+
+def run_finetune_grid(out_dir, # report folder: one sub-folder per variant and seed, grid.json, grid.md
+                      cfg:StudyConfig|None=None, progress:bool=True, **kw # passed to `run_finetune_study`
+                     )->dict:
+    "`run_finetune_study` for every variant × seed of `cfg`; each regime's numbers as mean ± sd over seeds."
+    cfg = cfg or StudyConfig.full(); out = Path(out_dir)
+    runs = {(v, s): run_finetune_study(out/f'{v}_seed{s}', cfg=replace(cfg, variant=v, seed=s), progress=progress,
+                                       figures=s == cfg.seeds[0], **kw) for v in cfg.variants for s in cfg.seeds}
+    agg = {}
+    for v in cfg.variants:
+        rs = [runs[(v, s)] for s in cfg.seeds]
+        agg[v] = {k: dict({m: _mean_sd([r['regimes'][k].get(m) for r in rs]) for m in GRID_METRICS},
+                          speedup=_mean_sd([r.get('speed', {}).get('interleaved_speedup', {}).get(k) for r in rs]))
+                  for k in cfg.regimes}
+    res = dict(config=asdict(cfg), seeds=list(cfg.seeds), variants=list(cfg.variants), summary=agg)
+    save_json(res, out/'grid.json')
+    with atomic_write(out/'grid.md') as f: f.write(format_grid(res))
+    return res
+
+def format_grid(r:dict)->str:
+    "Markdown table of `run_finetune_grid`: regime × variant, mean ± sd over seeds."
+    f = lambda d, p=4, pct=False: '–' if d is None else (f"{100*d['mean']:.1f} ± {100*d['sd']:.1f}%" if pct else f"{d['mean']:.{p}f} ± {d['sd']:.{p}f}")
+    lines = [f"# Fine-tuning regimes over {len(r['seeds'])} seeds ({', '.join(map(str, r['seeds']))})", '',
+             '| variant | regime | pseudo Dice | val Dice (tiles) | test Dice (tiles) | s/iter (logged) | speed-up vs full (interleaved) | trainable params |',
+             '|---|---|---|---|---|---|---|---|']
+    for v, regs in r['summary'].items():
+        for k, s in regs.items():
+            lines.append(f"| {v} | {k} | {f(s['final_dice'])} | {f(s['val_tile_dice'])} | {f(s['test_dice'])} | "
+                         f"{f(s['median_iter_time_settled'])} | {f(s['speedup'], pct=True)} | {s['n_trainable']['mean']:,.0f} |")
     return '\n'.join(lines) + '\n'

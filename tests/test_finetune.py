@@ -294,3 +294,20 @@ def test_lora_merge_equals_unmerged_on_both_variants():
         with torch.no_grad(): y0 = net(x); merge_lora(net); y1 = net(x)
         for a, b in zip(y0, y1): torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
         assert set(net.state_dict()) == keys and not any(isinstance(m, LoRALinear) for m in net.modules())
+
+
+def test_grid_runs_both_variants_and_seeds_and_summarises_over_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv('SSM_EXPLORE_CACHE', str(tmp_path/'cache'))
+    # 8 base features: a UMambaEnc with 4 aborts in backward with 1 thread (heap corruption, any scan backend; see the report)
+    cfg = StudyConfig(patch=32, n_stages=3, base_features=8, max_features=32, batch_size=2, epochs=1, iters_per_epoch=2,
+                      pretrain_epochs=1, n_train=2, n_val=1, n_test=1, tile=64, speed_rounds=1, lora_rank=2,
+                      regimes=('full', 'lora'), variants=('bot', 'enc'), seeds=(0, 1))
+    g = run_finetune_grid(tmp_path/'out', cfg, progress=False)
+    assert sorted(p.name for p in (tmp_path/'out').iterdir() if p.is_dir()) == ['bot_seed0', 'bot_seed1', 'enc_seed0', 'enc_seed1']
+    for v in ('bot', 'enc'):
+        s = g['summary'][v]['full']['test_dice']
+        assert s['n'] == 2 and 0 <= s['mean'] <= 1 and s['sd'] >= 0
+        assert g['summary'][v]['lora']['n_trainable']['mean'] < g['summary'][v]['full']['n_trainable']['mean']
+    r0 = json.loads((tmp_path/'out'/'enc_seed0'/'results.json').read_text())
+    assert r0['config']['variant'] == 'enc' and 'figures' in r0
+    assert '| enc | lora |' in (tmp_path/'out'/'grid.md').read_text()

@@ -19,6 +19,7 @@ def _parser():
     p = make_parser('ssm-explore finetune', 'U-Mamba on roads: from scratch, full fine-tuning, freezing and parameter-efficient regimes side by side.')
     p.add_argument('--out', default='finetune_report', help='output folder (resumes the runs found there)')
     p.add_argument('--quick', action='store_true', help='the ~1-minute version')
+    p.add_argument('--full', action='store_true', help='both U-Mamba variants x 3 seeds, mean ± sd over seeds (grid.md; hours on a CPU)')
     p.add_argument('--roads', help='Massachusetts Roads folder (original {train,valid,test}/{sat,map} or mirror tiff/ layout)')
     p.add_argument('--pretrained', help="nnU-Net checkpoint_final.pth to fine-tune (default: pretrain on the synthetic source task); "
                                         "its plan sets the network, patch and batch size")
@@ -42,7 +43,7 @@ def _parser():
 
 def finetune_cli(argv:list)->int:
     "`ssm-explore finetune`: the fine-tuning regimes, figures 1 and 5."
-    from ssm_explore.finetune_study import StudyConfig, run_finetune_study, format_study
+    from ssm_explore.finetune_study import StudyConfig, run_finetune_study, run_finetune_grid, format_study, format_grid
     from ssm_explore.finetune import TrainingDiverged
     from ssm_explore.core import rank_world
     a = _parser().parse_args(argv)
@@ -56,9 +57,15 @@ def finetune_cli(argv:list)->int:
     if a.roads:
         from ssm_explore.roads import roads_layout; roads_layout(a.roads)
     if a.pretrained and not Path(a.pretrained).is_file(): raise UserError(f'--pretrained: no such file {a.pretrained} — check the path')
-    cfg = StudyConfig.quick(**over) if a.quick else StudyConfig.default(**over)
-    try: r = run_finetune_study(a.out, quick=a.quick, roads=a.roads, pretrained=a.pretrained, cfg=cfg, progress=not a.no_progress,
-                                trust=a.trust_checkpoint)
+    if a.quick and a.full: raise UserError('--quick and --full exclude each other')
+    cfg = StudyConfig.quick(**over) if a.quick else StudyConfig.full(**over) if a.full else StudyConfig.default(**over)
+    try:
+        if a.full:
+            g = run_finetune_grid(a.out, cfg, progress=not a.no_progress, roads=a.roads, pretrained=a.pretrained, trust=a.trust_checkpoint)
+            if rank_world()[0] == 0: print(format_grid(g)); print(f"written to {Path(a.out).resolve()}: grid.json, grid.md, one folder per variant and seed")
+            return 0
+        r = run_finetune_study(a.out, quick=a.quick, roads=a.roads, pretrained=a.pretrained, cfg=cfg, progress=not a.no_progress,
+                               trust=a.trust_checkpoint)
     except TrainingDiverged as e: print(f'ssm-explore finetune: {e}', file=sys.stderr); return 3
     if rank_world()[0] == 0:
         print(format_study(r)); print(f"written to {Path(a.out).resolve()}: results.json, summary.md, " + ', '.join(Path(v).name for v in r.get('figures', {}).values()))
