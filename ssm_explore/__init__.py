@@ -10,3 +10,4 @@ __all__ = []
 import ssm_explore.scan_cpu  # noqa: F401  (adds the compiled CPU kernel to the scan's backends; built on first use)
 import ssm_explore.scan_triton  # noqa: F401  (adds the Triton GPU kernel to the scan's backends when Triton is installed)
 import ssm_explore.vmamba  # noqa: F401  (registers the VMamba variants in timm)
+import ssm_explore.cam, ssm_explore.attribution, ssm_explore.lrp, ssm_explore.hidden_attention  # noqa: F401  (register the explanation methods in `explain.METHODS`)

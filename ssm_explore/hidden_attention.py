@@ -6,11 +6,11 @@
 from __future__ import annotations
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .vmamba import SS2D, cross_scan
-from .explain import overlay, split_model, to_input
+from .explain import overlay, split_model, to_input, register_method, _normalise
 
 # %% auto #0
 __all__ = ['route_index', 'route_position', 'scan_operands', 'scan_inputs', 'query_pixels', 'box_mask', 'hidden_attention',
-           'children_map', 'attention_rollout', 'rollout_map', 'plot_hidden_attention']
+           'children_map', 'attention_rollout', 'rollout_map', 'plot_hidden_attention', 'hidden_attention_method']
 
 # %% ../nbs/07d_hidden_attention.ipynb #72712bda
 def route_index(H:int, W:int)->torch.Tensor:
@@ -190,3 +190,16 @@ def plot_hidden_attention(image:np.ndarray, # uint8 (H, W, 3), the model's input
             ax.add_patch(patches.Rectangle(((q % w) * sw - 0.5, (q // w) * sh - 0.5), sw, sh, fill=False, ec='w', lw=1))
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout(); return fig
+
+# %% ../nbs/07d_hidden_attention.ipynb #14302744
+def _stage_of(net:nn.Module, layer)->int:
+    "Index in `net.layers` of the stage whose output is the target layer."
+    names = [f'layers.{i}' for i in range(len(net.layers))]
+    return next(i for i, n in enumerate(names) if layer.name == n or layer.name.startswith(n + '.'))
+
+@register_method('hidden_attention', 'vmamba', class_specific=False, applies=lambda net: any(isinstance(m, SS2D) for m in net.modules()))
+def hidden_attention_method(net, x, targets, layer, batch_size):
+    "The mean hidden-attention rollout row of all output tokens, from the target stage on, upsampled to the image."
+    ro = attention_rollout(net, x, stages=range(_stage_of(net, layer), len(net.layers)))
+    m = rollout_map(ro).float()                                                     # (B, h, w)
+    return _normalise(F.interpolate(m[:, None], size=tuple(x.shape[-2:]), mode='bilinear', align_corners=False)[:, 0])

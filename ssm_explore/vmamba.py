@@ -68,7 +68,7 @@ def cross_merge(ys:torch.Tensor, H:int, W:int)->torch.Tensor:
     o.copy_(y[:, :, 0].view(H, W, B, D)).add_(y[:, :, 1].view(W, H, B, D).transpose(0, 1))
     return out
 
-_cross_merge = cross_merge   # the module's own merge: `explain.route_patch` swaps the global for its own
+_cross_merge = cross_merge   # the module's own merge: `vmamba_views.route_patch` swaps the global for its own
 
 # %% ../nbs/03_vmamba.ipynb #95831da8
 class SS2D(nn.Module):
@@ -146,7 +146,7 @@ def ss2d_scan(x:torch.Tensor, # (B, H, W, Di) input of the scan at every pixel
 torch.fx.wrap('ss2d_scan')   # and one node in torch.fx.symbolic_trace
 
 def _ss2d_composite(x, x_dbl, dt_projs_weight, dt_projs_bias, A, Ds, backend):
-    "The scan on route-ordered copies: the reference of the fused op (and the path of `explain.route_patch`)."
+    "The scan on route-ordered copies: the reference of the fused op (and the path of `vmamba_views.route_patch`)."
     B, H, W, _ = x.shape
     K, Di, R = dt_projs_weight.shape
     N, L, f32 = A.shape[1], H * W, torch.float32
@@ -166,8 +166,8 @@ def _route_linear(x:torch.Tensor, w:torch.Tensor)->torch.Tensor:
     "Per-route linear map. x: (L, B, K, R), w: (K, D, R) -> (L, B, K, D)"
     L, B, K, R = x.shape
     w = w.to(x.dtype)                                      # autocast does not reach the out= product below
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return torch.stack([x[:, :, k] @ w[k].T for k in range(K)], dim=2)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
+        return torch.stack([x[:, :, k] @ w[k].T for k in range(K)], dim=2)   # (out= would break a fullgraph compile)
     out = x.new_empty(L, B, K, w.shape[1])                # inference: write each route in place, no stacking copy
     for k in range(K): torch.mm(x[:, :, k].reshape(L * B, R), w[k].T, out=out[:, :, k].view(L * B, -1))
     return out

@@ -131,7 +131,7 @@ def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (defau
                      n_images:int=6, steps:int=96)->tuple:
     "(CamGrid, FeaturePair) on the mini-study's models and test images (one image per class)."
     from ssm_explore.data import EMBEDDED_CLASSES
-    from ssm_explore.explain import embedded_images
+    from ssm_explore.explain_study import embedded_images
     if robustness is None:
         from ssm_explore.ministudy import run_mini_study, MiniStudyConfig
         from ssm_explore.core import cache_dir

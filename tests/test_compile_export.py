@@ -59,6 +59,17 @@ def test_compile_fullgraph_vmamba_eval_matches_eager(vmamba):
         got = torch.compile(model, fullgraph=True)(x)
     assert (got - want).abs().max() <= 1e-5
 
+def test_compile_fullgraph_vmamba_composite_path_in_inference():
+    "backend='torch' (cross_scan -> scan -> cross_merge, no fused op): no graph break under no_grad either."
+    from ssm_explore.mamba import set_scan_backend
+    torch.manual_seed(0)
+    model, x = vm.test_vmamba(num_classes=5).eval(), torch.randn(1, 3, 32, 32)
+    set_scan_backend(model, 'torch')
+    with torch.no_grad():
+        want = model(x)
+        got = torch.compile(model, fullgraph=True)(x)
+    assert (got - want).abs().max() <= 1e-5
+
 def test_compile_fullgraph_vmamba_training_gives_the_same_grads(vmamba):
     model, x = vmamba
     model.train()

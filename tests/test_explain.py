@@ -1,11 +1,14 @@
 "Explanations on the three architectures: a controlled localisation case, the study pipeline end to end, the CLI."
 from __future__ import annotations
+import gc, warnings
 from types import SimpleNamespace
 import numpy as np, pandas as pd, pytest, torch, timm
 from ssm_explore.evaluate import Normalized
 from ssm_explore.commands.explain import explain_cli
-from ssm_explore.explain import (explain_maps, route_maps, road_scores, random_maps, run_explain_study,
-                                 predict_images, METHODS, target_layer)
+from ssm_explore.explain import explain_maps, predict_images, METHODS, target_layer
+from ssm_explore.vmamba_views import route_maps
+from ssm_explore.faithfulness import road_scores, random_maps
+from ssm_explore.explain_study import run_explain_study
 
 SIZE = 64
 
@@ -71,7 +74,7 @@ def test_route_maps_on_the_probe():
 def _fake_study(tmp_path):
     "A mini-study result dict with tiny random models and real per-image results on the embedded test images."
     from ssm_explore.data import embedded_dataset, EMBEDDED_CLASSES
-    from ssm_explore.explain import embedded_images
+    from ssm_explore.explain_study import embedded_images
     cfg = SimpleNamespace(n_per_class=5, image_size=32, seed=0)
     cfg.dataset = lambda: embedded_dataset(n_per_class=cfg.n_per_class, image_size=cfg.image_size, seed=cfg.seed)
     root, man = cfg.dataset()
@@ -98,22 +101,29 @@ def _fake_study(tmp_path):
 
 def test_run_explain_study_end_to_end(tmp_path):
     study = _fake_study(tmp_path)
-    kw = dict(quick=True, methods=('gradcam', 'eigencam', 'occlusion'), fv_steps=4, road_per_class=0, progress=False)
+    kw = dict(quick=True, methods=('gradcam', 'eigencam', 'occlusion'), fv_steps=4, eval_per_class=1, progress=False)
     r = run_explain_study(tmp_path/'explain', study, **kw)
-    for k in ('figure3', 'figure4', 'methods', 'road', 'case', 'routes_vmamba_tiny_test', 'confusions'):
+    for k in ('figure3', 'figure4', 'methods', 'faithfulness', 'faithfulness_ranked', 'case', 'routes', 'routes_vmamba_tiny_test', 'confusions'):
         assert r['files'][k].exists(), k
     assert r['case']['model'] == 'vmamba_tiny_test' and r['case']['true'] != r['case']['pred']
-    routes = {f'route {k}' for k in ('rows →', 'columns ↓', 'rows ←', 'columns ↑')}
-    assert set(r['road'][r['road'].model == 'vmamba_tiny_test'].method) == {'gradcam', 'eigencam', 'occlusion', 'random'} | routes
-    assert set(r['road'][r['road'].model == 'convnext_tiny_test'].method) == {'gradcam', 'eigencam', 'occlusion', 'random'}
+    f = r['faithfulness']
+    for m in ('vmamba_tiny_test', 'convnext_tiny_test'):
+        assert set(f[f.model == m].method) == {'gradcam', 'eigencam', 'occlusion', 'random'}
+        # embedded data: the object masks are known, so the grounding metrics join the faithfulness ones (ROAD is opt-in)
+        assert set(f[f.model == m].metric) == {'deletion', 'insertion', 'pointing', 'mask_share'}
+    assert f.image.nunique() == pd.read_csv(tmp_path/'robustness'/'manifest.csv').label.nunique() and set(r['ranked'].columns) >= {'mean', 'lo', 'hi', 'rank', 'beats_random'}
+    rt = r['routes']
+    assert set(rt.model) == {'vmamba_tiny_test'} and {'scan_share', 'skip_share', 'drop_scan', 'drop_skip'} <= set(rt.columns)
+    md = r['markdown']
+    assert 'deletion AUC' in md and 'mask share' in md and 'scan part' in md and 'ROAD' not in md
     # the section's image links resolve from the folder above (the demo's report), the file's links from its own folder
     import re
-    for link in re.findall(r'\]\(([^)]+\.png)\)', r['markdown']): assert (tmp_path/link).exists(), link
+    for link in re.findall(r'\]\(([^)]+\.png)\)', md): assert (tmp_path/link).exists(), link
     for link in re.findall(r'\]\(([^)]+\.png)\)', (tmp_path/'explain'/'explain.md').read_text()): assert (tmp_path/'explain'/link).exists(), link
-    # resume: ROAD rows are cached per model
-    before = (tmp_path/'explain'/'road'/'road_convnext_tiny_test.csv').stat().st_mtime_ns
+    # resume: the faithfulness rows are cached per model
+    before = (tmp_path/'explain'/'faithfulness'/'faithfulness_convnext_tiny_test.csv').stat().st_mtime_ns
     run_explain_study(tmp_path/'explain', study, **kw)
-    assert (tmp_path/'explain'/'road'/'road_convnext_tiny_test.csv').stat().st_mtime_ns == before
+    assert (tmp_path/'explain'/'faithfulness'/'faithfulness_convnext_tiny_test.csv').stat().st_mtime_ns == before
 
 def test_cli_real_mode_on_a_fake_imagenet(tmp_path, capsys):
     from ssm_explore.data import _fake_imagenet
@@ -135,10 +145,11 @@ def test_cli_real_mode_on_a_fake_imagenet(tmp_path, capsys):
 
 def test_shapleycam_works_on_vmamba_through_the_second_order_scan_fallback():
     "ShapleyCAM needs create_graph=True through the scan: the fast backends fall back to the differentiable reference."
-    from pytorch_grad_cam import ShapleyCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     torch.manual_seed(0)
-    m = timm.create_model('test_vmamba').eval()
-    cam = ShapleyCAM(model=m, target_layers=[m.layers[-1].blocks])
-    g = cam(input_tensor=torch.randn(1, 3, 64, 64), targets=[ClassifierOutputTarget(3)])
+    m = Normalized(timm.create_model('test_vmamba').eval())
+    x = (np.random.default_rng(0).random((1, 64, 64, 3)) * 255).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # no "Exception ignored in BaseCAM.__del__": the registry entry releases cleanly
+        g = explain_maps(m, x, 3, 'shapleycam', layer=-1)
+        gc.collect()
     assert g.shape == (1, 64, 64) and np.isfinite(g).all() and g.max() > 0

@@ -35,7 +35,10 @@ def _parser():
     p.add_argument('--trust-checkpoint', action='store_true', help='real mode: unsafe pickle loader (runs code from the file)')
     p.add_argument('--allow-random-weights', action='store_true', help='real mode: run models without weights (pipeline tests)')
     p.add_argument('--results', default=None, help='real mode: a robustness run folder to find the confusion in')
-    p.add_argument('--road-images', type=int_at_least(0), default=8, help='real mode: images of the true class for the ROAD table (0: no ROAD)')
+    p.add_argument('--eval-images', '--road-images', dest='eval_images', type=int_at_least(0), default=None,
+                   help='images in the faithfulness suite: real mode, of the true class under the transform (default 8); '
+                        'embedded mode, clean test images per class (default 2, quick 1); 0: no faithfulness table')
+    p.add_argument('--road', action='store_true', help='add ROAD to the faithfulness suite (slow: its imputation solves a sparse system per image)')
     p.add_argument('--steps', type=int_at_least(1), default=256, help='real mode: learned-feature optimisation steps')
     p.add_argument('--max-images', type=int_at_least(1), default=None, help='real mode: read at most this many images of the class')
     p.add_argument('--seed', type=int, default=0)
@@ -50,12 +53,13 @@ def explain_cli(argv:list)->int:
     if a.transform is not None and a.transform not in TRANSFORM_NAMES:
         p.error(f"--transform: unknown transform {a.transform!r}; known: {', '.join(TRANSFORM_NAMES)}")
     if a.imagenet is None:
-        from ssm_explore.explain import run_explain_study
+        from ssm_explore.explain_study import run_explain_study
         case = None
         if any(v is not None for v in (a.true, a.pred, a.transform)):
             if None in (a.true, a.pred, a.transform): p.error('a chosen case needs --true, --pred and --transform')
             case = dict(true=a.true, pred=a.pred, transform=a.transform, severity=a.severity)
-        r = run_explain_study(a.out, None, quick=a.quick, model=a.model, case=case, methods=methods)
+        r = run_explain_study(a.out, None, quick=a.quick, model=a.model, case=case, methods=methods,
+                              eval_per_class=a.eval_images, road=a.road)
         print(f"report section: {r['files']['markdown']}"); return 0
     return _real_explain(a, methods)
 
@@ -70,7 +74,7 @@ def _class_images(manifest:pd.DataFrame, label:int, transform:str, severity:int,
 
 def _results_case(folder, main:str, transform, severity:int)->dict:
     "The most frequent new confusion of `main` in a robustness run folder (checked to hold that model)."
-    from ssm_explore.explain import top_confusion
+    from ssm_explore.confusion import top_confusion
     folder = Path(folder)
     chunks = sorted(folder.glob('chunks/*/*.csv'))
     if not chunks: raise UserError(f'{folder}: no result chunks under chunks/ — pass the --out folder of `ssm-explore robustness`')
@@ -84,7 +88,8 @@ def _results_case(folder, main:str, transform, severity:int)->dict:
 def _real_explain(a, methods)->int:
     from ssm_explore.evaluate import Normalized, create_model
     from ssm_explore.data import imagenet_val_manifest, imagenet_classes
-    from ssm_explore.explain import predict_images, explain_case
+    from ssm_explore.explain import predict_images
+    from ssm_explore.explain_study import explain_case
     main = a.model or next((m for m in a.models if 'vmamba' in m), a.models[0])
     if main not in a.models: raise UserError(f'--model {main} is not among --models {a.models} — add it to --models')
     ckpts = model_checkpoints(a)
@@ -105,8 +110,8 @@ def _real_explain(a, methods)->int:
     case.update(count=int(confused.sum()), image_ids=ids)
     print(f"{main}: {int(confused.sum())} of {len(ids)} images of {names[case['true']]} predicted {names[case['pred']]} "
           f"under {case['transform']}")
-    ev = imgs[:a.road_images]
+    ev = imgs[:8 if a.eval_images is None else a.eval_images]
     explain_case(models, case, imgs[:4], names, a.out, ev, [case['true']] * len(ev),
                  methods or ('gradcam', 'gradcam++', 'eigencam', 'layercam', 'integrated_gradients', 'captum_gradcam'),
-                 fv_steps=a.steps, seed=a.seed)
+                 fv_steps=a.steps, road=a.road, seed=a.seed)
     print(f"report section: {Path(a.out)/'explain.md'}"); return 0
