@@ -40,12 +40,14 @@ def plot_method_grid(image:np.ndarray, maps:dict, # {model: {method: (H, W)}}
                      title:str|None=None):
     "Every method (columns) for every model (rows) on one image."
     import matplotlib.pyplot as plt
-    models = list(maps); methods = list(next(iter(maps.values())))
+    models = list(maps); methods = list(dict.fromkeys(k for v in maps.values() for k in v))  # a method may apply to some models only
     fig, axes = plt.subplots(len(models), len(methods), figsize=(1.6 * len(methods), 1.75 * len(models)), squeeze=False)
     for i, m in enumerate(models):
         for j, k in enumerate(methods):
-            ax = axes[i, j]; ax.imshow(overlay(image, maps[m][k])); ax.set_xticks([]); ax.set_yticks([])
-            if i == 0: ax.set_title(k, fontsize=7)
+            ax = axes[i, j]; ax.set_xticks([]); ax.set_yticks([])
+            if k in maps[m]: ax.imshow(overlay(image, maps[m][k]))
+            else: ax.imshow(np.full_like(image, 255)); ax.text(0.5, 0.5, 'n/a', ha='center', va='center', fontsize=7, transform=ax.transAxes)
+            ax.set_title(k, fontsize=7)
             if j == 0: ax.set_ylabel(m, fontsize=7)
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout(); return fig

@@ -6,10 +6,11 @@
 from __future__ import annotations
 import io
 import numpy as np, torch
-from .explain import explain_maps, predict_images, overlay, METHODS
+from .explain import explain_maps, predict_images, overlay, METHODS, methods_for
 
 # %% auto #0
-__all__ = ['CamGrid', 'cam_grid', 'FeaturePair', 'feature_pair', 'embedded_widgets']
+__all__ = ['CamGrid', 'cam_grid', 'FeaturePair', 'feature_pair', 'AttentionExplorer', 'attention_explorer', 'embedded_widgets',
+           'embedded_attention_explorer']
 
 # %% ../nbs/07b_widgets.ipynb #9107387e
 def _png(fig)->bytes:
@@ -39,7 +40,8 @@ class CamGrid:
         self.severity = w.IntSlider(0, min=0, max=5, description='severity', tooltip='0 = the report configuration')
         self.target = w.Dropdown(options=[('predicted class', -1), ('true class', -2)] + [(n, i) for i, n in enumerate(self.class_names)],
                                  value=-1, description='evidence for')
-        self.method = w.Dropdown(options=list(METHODS), value=method, description='method')
+        self.method = w.Dropdown(options=methods_for(models[self.model.value]), value=method, description='method')
+        self.model.observe(lambda change: setattr(self.method, 'options', methods_for(self.models[change['new']])), names='value')
         self.image, self.caption = w.Image(format='png'), w.HTML()
         self.state = {}
         controls = [self.model, self.transform, self.severity, self.target, self.method]
@@ -126,6 +128,50 @@ def feature_pair(models:dict, class_names, **kw)->FeaturePair:
     "Build a `FeaturePair` (display it, or embed `.widget` in a page)."
     return FeaturePair(models, class_names, **kw)
 
+# %% ../nbs/07b_widgets.ipynb #aa5692d1
+class AttentionExplorer:
+    "Pick model, image, SS2D layer and query token -> the token's hidden-attention row, merged and per route."
+    def __init__(self, models:dict, # name -> `Normalized` VMamba model (others are left out)
+                 images:np.ndarray, # uint8 (N, H, W, 3)
+                 image_ids=None):
+        from ssm_explore.vmamba_views import is_vmamba, ss2d_ops
+        w = _w()
+        self.models = {k: m for k, m in models.items() if is_vmamba(m)}
+        if not self.models: raise ValueError('AttentionExplorer needs a VMamba model (one with SS2D layers)')
+        self.images = np.asarray(images)
+        self.ids = list(image_ids) if image_ids is not None else [f'img{i}' for i in range(len(images))]
+        self.model = w.Dropdown(options=list(self.models), description='model')
+        self.img = w.Dropdown(options=[(n, i) for i, n in enumerate(self.ids)], description='image')
+        n_ops = len(ss2d_ops(next(iter(self.models.values()))))
+        self.layer = w.IntSlider(0, min=0, max=n_ops - 1, description='SS2D layer')
+        self.row, self.col = w.IntSlider(0, min=0, max=0, description='query row'), w.IntSlider(0, min=0, max=0, description='query col')
+        self.image, self.caption, self.state = w.Image(format='png'), w.HTML(), {}
+        controls = [self.model, self.img, self.layer, self.row, self.col]
+        for c in controls: c.observe(lambda change: self.render(), names='value')
+        self.widget = w.VBox([w.HBox(controls[:3]), w.HBox(controls[3:]), self.image, self.caption])
+        self.render()
+
+    def render(self):
+        "Recompute the chosen token's attention row and update the figure."
+        from ssm_explore.vmamba_views import ss2d_ops
+        from ssm_explore.hidden_attention import scan_inputs, hidden_attention, plot_hidden_attention
+        m = self.models[self.model.value]; x = self.images[self.img.value][None]
+        ops = ss2d_ops(m.model if hasattr(m, 'model') else m)
+        self.layer.max = len(ops) - 1; op = ops[min(self.layer.value, len(ops) - 1)]
+        u = scan_inputs(m, x, [op])[0]; h, w_ = u.shape[-2:]
+        self.row.max, self.col.max = h - 1, w_ - 1
+        q = min(self.row.value, h - 1) * w_ + min(self.col.value, w_ - 1)
+        att = hidden_attention(op, u, queries=[q])
+        self.image.value = _png(plot_hidden_attention(x[0], att, title=f'{self.model.value}, SS2D layer {self.layer.value}: token {q} of {h}x{w_}'))
+        self.caption.value = (f'query token ({q // w_}, {q % w_}) of the {h}x{w_} map; each panel on its own scale '
+                              '(mean |attention| over channels)')
+        self.state = dict(model=self.model.value, layer=self.layer.value, query=q, hw=(h, w_), merged=att['merged'][0, 0].numpy())
+        return self
+
+def attention_explorer(models, images, image_ids=None)->AttentionExplorer:
+    "Build an `AttentionExplorer`; display `.widget`."
+    return AttentionExplorer(models, images, image_ids)
+
 # %% ../nbs/07b_widgets.ipynb #bdbc02db
 def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (default: the demo's mini-study, cached)
                      n_images:int=6, steps:int=96)->tuple:
@@ -146,3 +192,18 @@ def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (defau
     size = int(robustness['config'].image_size)
     return (cam_grid(models, x, y, EMBEDDED_CLASSES, image_ids=ids, seed=robustness['config'].seed),
             feature_pair(models, EMBEDDED_CLASSES, size=size, steps=steps, seed=robustness['config'].seed))
+
+def embedded_attention_explorer(robustness:dict|None=None, n_images:int=6)->AttentionExplorer:
+    "An `AttentionExplorer` on the mini-study's VMamba model and test images (one per class)."
+    from ssm_explore.explain_study import embedded_images
+    from ssm_explore.ministudy import one_per_arch
+    if robustness is None:
+        from ssm_explore.ministudy import run_mini_study, MiniStudyConfig
+        from ssm_explore.core import cache_dir
+        robustness = run_mini_study(cache_dir('docs'), MiniStudyConfig(), progress=False)
+    import pandas as pd
+    from pathlib import Path
+    man = pd.read_csv(Path(robustness['run_dir'])/'manifest.csv', dtype={'image_id': str})
+    ids = man.groupby('label', group_keys=False).head(1).image_id.tolist()[:n_images]
+    x, _ = embedded_images(robustness, ids)
+    return attention_explorer(one_per_arch(robustness['trained']), x, ids)
