@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib, functools, math, os, time, warnings
 import numpy as np
 from .core import stable_seed, UserError
+from .imgaug_compat import import_imgaug
 
 # %% auto #0
 __all__ = ['SEVERITIES', 'TRANSFORM_NAMES', 'REPORT_NAMES', 'transform_spec', 'transform_table', 'make_augmenter',
@@ -114,7 +115,7 @@ def make_augmenter(name:str, # one of `TRANSFORM_NAMES`
                    severity:int|None=None # None/0: report configuration; 1..5: graded
                   ):
     "A fresh imgaug augmenter for (`name`, `severity`) (`apply_transform` also applies the spec's `fraction`)."
-    import imgaug.augmenters as iaa
+    iaa = import_imgaug()   # imgaug 0.4.0, with NumPy 1's pixels on NumPy 2 too (04a_imgaug_compat)
     s = transform_spec(name, severity)
     return getattr(iaa, s['cls'])(**s['args'])
 

@@ -49,7 +49,7 @@ def test_clean_is_identity(images):
     for s in (None, *SEVERITIES): assert _mean_abs_diff(images, 'clean', s) == 0
 
 def test_specs_build_and_report_config_matches_imgaug_defaults():
-    import imgaug.augmenters as iaa
+    from ssm_explore.imgaug_compat import import_imgaug; iaa = import_imgaug()
     for n in TRANSFORM_NAMES:
         for s in (None, *SEVERITIES): make_augmenter(n, s)
     # the report configuration is what imgaug 0.4.0 gives without arguments (except the documented decisions)

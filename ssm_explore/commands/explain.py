@@ -112,6 +112,6 @@ def _real_explain(a, methods)->int:
           f"under {case['transform']}")
     ev = imgs[:8 if a.eval_images is None else a.eval_images]
     explain_case(models, case, imgs[:4], names, a.out, ev, [case['true']] * len(ev),
-                 methods or ('gradcam', 'gradcam++', 'eigencam', 'layercam', 'integrated_gradients', 'captum_gradcam'),
+                 methods or ('gradcam', 'gradcam++', 'eigencam', 'layercam', 'integrated_gradients', 'captum_gradcam', 'lrp', 'hidden_attention'),
                  fv_steps=a.steps, road=a.road, seed=a.seed)
     print(f"report section: {Path(a.out)/'explain.md'}"); return 0
