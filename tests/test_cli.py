@@ -1,5 +1,6 @@
 "Console entry point: installed, fast --help, JSON info."
 import json, subprocess, sys
+import pytest
 
 def run(*args):
     return subprocess.run(['ssm-explore', *args], capture_output=True, text=True, timeout=120)
@@ -71,3 +72,12 @@ def test_no_library_module_below_the_command_layer_uses_argparse():
                    for n in ast.walk(ast.parse(p.read_text())))
     users = [p.name for p in root.glob('*.py') if p.name not in ('cli.py', '_modidx.py') and imports_argparse(p)]
     assert users == [], users
+
+
+@pytest.mark.parametrize('name', sorted(__import__('ssm_explore.cli', fromlist=['BENCHES']).BENCHES))
+def test_every_benchmark_and_command_answers_help(name, capsys):
+    "`ssm-explore bench NAME --help` runs each benchmark's own imports (a stale import fails here, not only on a full run)."
+    from ssm_explore.cli import main
+    try: rc = main(['bench', name, '--help'])
+    except SystemExit as e: rc = e.code
+    assert rc == 0 and 'usage' in capsys.readouterr().out.lower()

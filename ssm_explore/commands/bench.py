@@ -452,7 +452,6 @@ def _time_forward(model:Normalized, batches:list)->float:
 def bench_evaluate(argv:list)->int:
     "`ssm-explore bench evaluate`: end-to-end evaluation images/s vs the model's pure forward images/s on the same batches."
     import argparse, tempfile, shutil
-    from ssm_explore.transforms import _bench_images, TRANSFORM_NAMES
     from ssm_explore.data import TransformedImageDataset
     p = argparse.ArgumentParser(prog='ssm-explore bench evaluate', description=bench_evaluate.__doc__)
     p.add_argument('--quick', action='store_true', help='vmamba_tiny, 16 images, one transform, workers 0 and 1 (about a minute)')
