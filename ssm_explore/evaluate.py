@@ -358,7 +358,8 @@ def plot_heatmap(acc:pd.DataFrame, severity:int=0, models:list|None=None):
 # %% ../nbs/06_evaluate.ipynb #77825dae
 def code_version()->str:
     "ssm_explore version plus the git commit of the source tree (when it is a git checkout)."
-    import ssm_explore
+    import sys
+    ssm_explore = sys.modules[__name__.split('.')[0]]   # the parent package: always initialised before this module
     v = ssm_explore.__version__
     with contextlib.suppress(Exception):
         root = Path(ssm_explore.__file__).parent.parent

@@ -13,10 +13,11 @@ from .explain import split_model, to_input, explain_maps, predict_images, overla
 from .vmamba_views import ROUTES, ss2d_ops, is_vmamba, route_maps, route_ablation, plot_routes
 from .confusion import new_confusions, top_confusion
 from .faithfulness import random_maps, road_scores
+from .ministudy import embedded_images
 
 # %% auto #0
 __all__ = ['plot_evidence', 'plot_method_grid', 'route_table', 'explain_case', 'learned_features_for', 'best_methods',
-           'faithfulness_markdown', 'routes_markdown', 'embedded_images', 'run_explain_study']
+           'faithfulness_markdown', 'routes_markdown', 'run_explain_study']
 
 # %% ../nbs/07k_explain_study.ipynb #4e5c833f
 def plot_evidence(image:np.ndarray, # uint8 (H, W, 3) input (already transformed)
@@ -233,18 +234,6 @@ def _case_markdown(case, t_name, p_name, preds, ranked, routes, files, base, n, 
     return '\n'.join(L) + '\n'
 
 # %% ../nbs/07k_explain_study.ipynb #3abcc5d1
-def embedded_images(robustness:dict, image_ids:list, transform:str='clean', severity:int=0)->tuple:
-    "uint8 images (n, H, W, 3) and labels of mini-study test images, under a transform, exactly as evaluated."
-    from ssm_explore.data import read_manifest, TransformedImageDataset
-    cfg = robustness['config']
-    root, _ = cfg.dataset()
-    man = read_manifest(Path(robustness['run_dir'])/'manifest.csv').set_index('image_id')
-    missing = [i for i in image_ids if i not in man.index]
-    if missing: raise KeyError(f"image ids not in {Path(robustness['run_dir'])/'manifest.csv'}: {missing[:3]}")
-    m = man.loc[list(image_ids)].reset_index()
-    ds = TransformedImageDataset(m, transform, severity or None, seed=cfg.seed, geometry=None, root=root)
-    return np.stack([ds.image(i) for i in range(len(ds))]), np.asarray(ds.labels)
-
 def run_explain_study(out_dir, # report folder for this part (figures, tables, explain.md)
                       robustness:dict|None=None, # `run_mini_study` output; None: run the quick mini-study here
                       quick:bool=False, # CI size: fewer evaluation images and feature-visualisation steps

@@ -200,9 +200,9 @@ def _policy_reports(tr:Trainer)->dict:
     return out
 
 def _inference_model(tr:Trainer)->nn.Module:
-    "The trained network for inference: LoRA merged back (a copy; the trainer keeps its own)."
-    m = copy.deepcopy(tr.model)
-    return merge_lora(m) if any(isinstance(x, LoRALinear) for x in m.modules()) else m
+    "The trained network for inference: with LoRA adapters, a merged copy (the trainer keeps its own); else the model itself."
+    if not any(isinstance(x, LoRALinear) for x in tr.model.modules()): return tr.model
+    return merge_lora(copy.deepcopy(tr.model))
 
 # %% ../nbs/10c_finetune_study.ipynb #af712c8c
 def run_finetune_study(out_dir, # report folder: one sub-folder per regime, results.json, figures

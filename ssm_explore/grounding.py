@@ -96,7 +96,7 @@ def score_explanations(robustness:dict, # `run_mini_study` output
     import os
     from ssm_explore.core import atomic_write, markdown_table
     from ssm_explore.data import EMBEDDED_CLASSES, read_manifest
-    from ssm_explore.explain_study import embedded_images
+    from ssm_explore.ministudy import embedded_images
     from ssm_explore.featurevis import learned_features, plot_learned_features
     from ssm_explore.ministudy import arch_of, _save
     out = Path(out_dir); (out/'figures').mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from .evaluate import (Normalized, evaluate, severity_plan, prepare_run, describ
 __all__ = ['MINI_MODELS', 'MINI_BUILDERS', 'create_mini_model', 'mini_steps', 'n_params', 'mini_name', 'arch_of', 'one_per_arch',
            'CroppedDepthwiseConv2d', 'crop_depthwise', 'augment_batch', 'accuracy', 'train_classifier',
            'MiniStudyConfig', 'load_split', 'train_mini_models', 'seed_accuracy', 'seed_comparisons', 'factor_accuracy',
-           'plot_learning_curves', 'seed_summary', 'run_mini_study', 'consistency_lines', 'print_mini_summary']
+           'plot_learning_curves', 'seed_summary', 'run_mini_study', 'consistency_lines', 'print_mini_summary',
+           'embedded_images']
 
 # %% ../nbs/06a_ministudy.ipynb #9bc808e3
 MINI_MODELS = {  # name: architecture, its sizes, and its recipe: lr (AdamW peak), steps_x (x the study's steps; default 1)
@@ -346,3 +347,16 @@ def print_mini_summary(res:dict):
     print('differences that hold in every seed (pooled McNemar over seeds x images, Holm):')
     for line in consistency_lines(res['seed_pairs']): print(' ' + line[1:].replace('**', ''))
     print(f"tables and figures in {res['run_dir']}")
+
+# %% ../nbs/06a_ministudy.ipynb #024a58e7
+def embedded_images(robustness:dict, image_ids:list, transform:str='clean', severity:int=0)->tuple:
+    "uint8 images (n, H, W, 3) and labels of mini-study test images, under a transform, exactly as evaluated."
+    from ssm_explore.data import read_manifest, TransformedImageDataset
+    cfg = robustness['config']
+    root, _ = cfg.dataset()
+    man = read_manifest(Path(robustness['run_dir'])/'manifest.csv').set_index('image_id')
+    missing = [i for i in image_ids if i not in man.index]
+    if missing: raise KeyError(f"image ids not in {Path(robustness['run_dir'])/'manifest.csv'}: {missing[:3]}")
+    m = man.loc[list(image_ids)].reset_index()
+    ds = TransformedImageDataset(m, transform, severity or None, seed=cfg.seed, geometry=None, root=root)
+    return np.stack([ds.image(i) for i in range(len(ds))]), np.asarray(ds.labels)

@@ -177,7 +177,7 @@ def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (defau
                      n_images:int=6, steps:int=96)->tuple:
     "(CamGrid, FeaturePair) on the mini-study's models and test images (one image per class)."
     from ssm_explore.data import EMBEDDED_CLASSES
-    from ssm_explore.explain_study import embedded_images
+    from ssm_explore.ministudy import embedded_images
     if robustness is None:
         from ssm_explore.ministudy import run_mini_study, MiniStudyConfig
         from ssm_explore.core import cache_dir
@@ -195,7 +195,7 @@ def embedded_widgets(robustness:dict|None=None, # `run_mini_study` output (defau
 
 def embedded_attention_explorer(robustness:dict|None=None, n_images:int=6)->AttentionExplorer:
     "An `AttentionExplorer` on the mini-study's VMamba model and test images (one per class)."
-    from ssm_explore.explain_study import embedded_images
+    from ssm_explore.ministudy import embedded_images
     from ssm_explore.ministudy import one_per_arch
     if robustness is None:
         from ssm_explore.ministudy import run_mini_study, MiniStudyConfig

@@ -181,6 +181,7 @@ def test_checkpoint_state_dict_unwraps(tmp_path):
 def test_bench_cli_runs_and_reports_a_ratio(tmp_path, capsys):
     assert bench_cli(['--size', '16', '--batch', '1', '--features', '4', '8', '--repeats', '1', '--json', str(tmp_path / 'b.json')]) == 0
     out = capsys.readouterr().out
-    assert 'speed-up of the training step' in out and 'reference' in out
+    assert 'vs the reference: Mamba layer fwd+bwd' in out and 'target >= 10x' in out and 'of the ' in out
     r = json.loads((tmp_path / 'b.json').read_text())
     assert r['tokens'] == 8 * 8 and r['step_ref'] > 0 and r['step_torch'] > 0 and r['ratio'] > 0
+    assert r['backends'][-2:] == ['torch', 'ref'] and 0 < r['rest_share_cpu'] <= 1 and r['mamba_ratio'] > 0
