@@ -358,8 +358,8 @@ def plot_heatmap(acc:pd.DataFrame, severity:int=0, models:list|None=None):
 # %% ../nbs/06_evaluate.ipynb #77825dae
 def code_version()->str:
     "ssm_explore version plus the git commit of the source tree (when it is a git checkout)."
-    import sys
-    ssm_explore = sys.modules[__name__.split('.')[0]]   # the parent package: always initialised before this module
+    import importlib
+    ssm_explore = importlib.import_module('ssm_explore')   # the package itself, at call time (not an import-time dependency)
     v = ssm_explore.__version__
     with contextlib.suppress(Exception):
         root = Path(ssm_explore.__file__).parent.parent
