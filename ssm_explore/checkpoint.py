@@ -180,19 +180,15 @@ def _damaged(path, e:Exception)->CheckpointError:
 _LOCK = threading.Lock()  # torch's allowlist is process-wide: one thread at a time adds our entries and removes them
 
 def _load_torch(path, trust:bool):
-    "`torch.load` on the CPU: the safe loader with the allowlist; pickle only when the user chose `trust`."
-    if trust: return _load_trusted(path)
+    "`torch.load` on the CPU: the safe loader with the allowlist; full pickle only when the user passed `trust` (--trust-checkpoint)."
+    if trust: warnings.warn(f"{path}: reading with the unsafe pickle loader (code in the file can run) because trust=True was passed", stacklevel=3)
     with _LOCK, torch.serialization.safe_globals(_unregistered()):
-        try: return torch.load(path, map_location='cpu', weights_only=True)
+        try: return torch.load(path, map_location='cpu', weights_only=not trust)   # the user's choice decides, nothing else
         except pickle.UnpicklingError as e: raise (_refusal(path, e) or _damaged(path, e)) from None
-
-def _load_trusted(path):
-    "The one unsafe read: reached only from `read_checkpoint(..., trust=True)`, i.e. `--trust-checkpoint`; warns."
-    warnings.warn(f"{path}: reading with the unsafe pickle loader (code in the file can run) because trust=True was passed", stacklevel=4)
-    try: return torch.load(path, map_location='cpu', weights_only=False)
-    except ModuleNotFoundError as e:
-        raise _err(path, f"the unsafe loader needs the module {e.name!r} the file was pickled with",
-                   f"install {e.name}, or read it without trust (its configs come back as inert data)") from None
+        except ModuleNotFoundError as e:
+            if not trust: raise
+            raise _err(path, f"the unsafe loader needs the module {e.name!r} the file was pickled with",
+                       f"install {e.name}, or read it without trust (its configs come back as inert data)") from None
 
 def _check_file(path)->Path:
     "`path` as a `Path`, if it is a file."
