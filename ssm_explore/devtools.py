@@ -474,7 +474,7 @@ def _repo_slug(root:Path)->str:
 def _install_source(slug:str)->str:
     return ('#| eval: false\n'
             '# On Colab run this cell first (locally `pip install -e ".[dev]"` does the same; here it does nothing).\n'
-            '# imgaug needs numpy<2: if pip downgrades NumPy, restart the runtime once when Colab asks.\n'
+
             'import sys\n'
             "if 'google.colab' in sys.modules:\n"
             f'    !pip install -q "ssm_explore @ git+https://github.com/{slug}"')
