@@ -21,7 +21,7 @@ from .regimes import REGIMES, LoRALinear, merge_lora
 # %% auto #0
 __all__ = ['VARIANTS', 'GRID_METRICS', 'StudyConfig', 'build_study_model', 'model_from_checkpoint', 'checkpoint_variant',
            'plan_patch', 'check_patch', 'pretrain_source', 'interleaved_step_times', 'tile_dice', 'run_finetune_study',
-           'figure1', 'figure5', 'format_study', 'run_finetune_grid', 'format_grid']
+           'figure1', 'figure5', 'format_study', 'grid_target', 'run_finetune_grid', 'format_grid']
 
 # %% ../nbs/10c_finetune_study.ipynb #fc9c80cf
 @dataclass
@@ -69,7 +69,9 @@ class StudyConfig:
     @classmethod
     def default(cls, **kw): return cls(**kw)
     @classmethod
-    def full(cls, **kw): return cls(**{**dict(variants=('bot', 'enc'), seeds=(0, 1, 2)), **kw})
+    def full(cls, **kw):   # both variants × 3 seeds; 'freeze_prefix' (a hand-picked prefix that 'autofreeze' finds itself) left out
+        return cls(**{**dict(variants=('bot', 'enc'), seeds=(0, 1, 2),
+                             regimes=tuple(r for r in cls.regimes if r != 'freeze_prefix')), **kw})
 
     def train_config(self, **kw)->TrainConfig:
         return TrainConfig(**{**dict(epochs=self.epochs, iters_per_epoch=self.iters_per_epoch, batch_size=self.batch_size,
@@ -419,38 +421,83 @@ def format_study(r:dict)->str:
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/10c_finetune_study.ipynb #741711cc
-GRID_METRICS = ('final_dice', 'val_tile_dice', 'test_dice', 'median_iter_time_settled', 'n_trainable')
+GRID_METRICS = ('final_dice', 'val_tile_dice', 'test_dice', 'median_iter_time_settled', 'n_trainable', 'bwd_gflops', 'saved_mib')
 
 def _mean_sd(v:list)->dict:
     v = [x for x in v if x is not None]
     return dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)) if len(v) > 1 else 0., n=len(v)) if v else None
 
+def _pooled_tiles(runs:list, regime:str, seed:int=0)->dict|None:
+    "Test Dice of every (seed, tile) pair pooled: mean, 95% bootstrap interval over the pairs, n."
+    from .evaluate import bootstrap_ci
+    v = [d for r in runs for d in (r['regimes'][regime].get('test_dice_per_tile') or [])]
+    if not v: return None
+    lo, hi = bootstrap_ci(np.array(v), seed=seed)
+    return dict(mean=float(np.mean(v)), lo=lo, hi=hi, n=len(v))
+
+def _finished(path:Path, cfg:StudyConfig)->dict|None:
+    "A run's results.json when it finished with exactly this configuration (so a grid resumes without re-measuring)."
+    p = Path(path)/'results.json'
+    if not p.exists(): return None
+    r = load_json(p)
+    return r if r.get('config') == json.loads(json.dumps(asdict(cfg))) else None
+
+def grid_target(summary:dict, # `run_finetune_grid`'s summary: {variant: {regime: metrics}}
+                speedup:float=0.20, dice_points:float=1.0)->dict:
+    "Per variant and regime: does it train ≥ `speedup` faster than full fine-tuning with mean final Dice within `dice_points` of it?"
+    out = {}
+    for v, regs in summary.items():
+        full = regs.get('full')
+        if not full or not full['final_dice']: continue
+        for k, s in regs.items():
+            if k in ('full', 'scratch') or not s['speedup'] or not s['final_dice']: continue
+            dd = 100*(s['final_dice']['mean'] - full['final_dice']['mean'])
+            td = 100*(s['test_dice']['mean'] - full['test_dice']['mean']) if s['test_dice'] and full['test_dice'] else None
+            out.setdefault(v, {})[k] = dict(speedup=s['speedup']['mean'], dice_points=dd, test_dice_points=td,
+                                            meets=bool(s['speedup']['mean'] >= speedup and dd >= -dice_points))
+    return out
+
 def run_finetune_grid(out_dir, # report folder: one sub-folder per variant and seed, grid.json, grid.md
                       cfg:StudyConfig|None=None, progress:bool=True, **kw # passed to `run_finetune_study`
                      )->dict:
-    "`run_finetune_study` for every variant × seed of `cfg`; each regime's numbers as mean ± sd over seeds."
-    cfg = cfg or StudyConfig.full(); out = Path(out_dir)
-    runs = {(v, s): run_finetune_study(out/f'{v}_seed{s}', cfg=replace(cfg, variant=v, seed=s), progress=progress,
-                                       figures=s == cfg.seeds[0], **kw) for v in cfg.variants for s in cfg.seeds}
+    "`run_finetune_study` for every variant × seed of `cfg` (a finished one is read back); each regime as mean ± sd over seeds."
+    cfg = cfg or StudyConfig.full(); out = Path(out_dir); runs = {}
+    for v in cfg.variants:
+        for s in cfg.seeds:
+            c, d = replace(cfg, variant=v, seed=s), out/f'{v}_seed{s}'
+            runs[(v, s)] = _finished(d, c) or run_finetune_study(d, cfg=c, progress=progress, figures=s == cfg.seeds[0], **kw)
     agg = {}
     for v in cfg.variants:
         rs = [runs[(v, s)] for s in cfg.seeds]
         agg[v] = {k: dict({m: _mean_sd([r['regimes'][k].get(m) for r in rs]) for m in GRID_METRICS},
-                          speedup=_mean_sd([r.get('speed', {}).get('interleaved_speedup', {}).get(k) for r in rs]))
+                          speedup=_mean_sd([r.get('speed', {}).get('interleaved_speedup', {}).get(k) for r in rs]),
+                          iter_time=_mean_sd([r.get('speed', {}).get('interleaved', {}).get(k) for r in rs]),
+                          test_tiles=_pooled_tiles(rs, k))
                   for k in cfg.regimes}
-    res = dict(config=asdict(cfg), seeds=list(cfg.seeds), variants=list(cfg.variants), summary=agg)
+    res = dict(config=asdict(cfg), seeds=list(cfg.seeds), variants=list(cfg.variants), summary=agg,
+               target=grid_target(agg))
     save_json(res, out/'grid.json')
     with atomic_write(out/'grid.md') as f: f.write(format_grid(res))
     return res
 
 def format_grid(r:dict)->str:
-    "Markdown table of `run_finetune_grid`: regime × variant, mean ± sd over seeds."
+    "Markdown table of `run_finetune_grid`: regime × variant, mean ± sd over seeds; test tiles pooled over seeds; the target."
     f = lambda d, p=4, pct=False: '–' if d is None else (f"{100*d['mean']:.1f} ± {100*d['sd']:.1f}%" if pct else f"{d['mean']:.{p}f} ± {d['sd']:.{p}f}")
+    ci = lambda d: '–' if d is None else f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}] (n {d['n']})"
     lines = [f"# Fine-tuning regimes over {len(r['seeds'])} seeds ({', '.join(map(str, r['seeds']))})", '',
-             '| variant | regime | pseudo Dice | val Dice (tiles) | test Dice (tiles) | s/iter (logged) | speed-up vs full (interleaved) | trainable params |',
-             '|---|---|---|---|---|---|---|---|']
+             '| variant | regime | pseudo Dice | val Dice (tiles) | test Dice (tiles) | test Dice, seeds × tiles pooled [95% CI] | '
+             's/iter interleaved | speed-up vs full (interleaved) | trainable params | bwd GFLOPs/iter | saved activations MiB |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for v, regs in r['summary'].items():
         for k, s in regs.items():
-            lines.append(f"| {v} | {k} | {f(s['final_dice'])} | {f(s['val_tile_dice'])} | {f(s['test_dice'])} | "
-                         f"{f(s['median_iter_time_settled'])} | {f(s['speedup'], pct=True)} | {s['n_trainable']['mean']:,.0f} |")
+            lines.append(f"| {v} | {k} | {f(s['final_dice'])} | {f(s['val_tile_dice'])} | {f(s['test_dice'])} | {ci(s.get('test_tiles'))} | "
+                         f"{f(s.get('iter_time'), 3)} | {f(s['speedup'], pct=True)} | {s['n_trainable']['mean']:,.0f} | "
+                         f"{f(s.get('bwd_gflops'), 2)} | {f(s.get('saved_mib'), 1)} |")
+    lines += ['', 'Mean ± sd over seeds; the pooled column resamples (seed, test tile) pairs. Speed-up: each regime\'s final '
+                  'trainable set against full fine-tuning, one step each in alternation on the same batches, per seed.']
+    for v, regs in (r.get('target') or {}).items():
+        ok = [k for k, t in regs.items() if t['meets']]
+        lines += ['', f"**{v}**: target (≥ 20% faster than full, final pseudo Dice within 1 point) "
+                      + (f"met by {', '.join(ok)}" if ok else 'met by no regime') + ' — '
+                      + '; '.join(f"{k} {100*t['speedup']:+.1f}% speed, {t['dice_points']:+.2f} Dice points" for k, t in regs.items()) + '.']
     return '\n'.join(lines) + '\n'

@@ -3,6 +3,7 @@ import copy, json, os, subprocess, sys, textwrap
 from ssm_explore.checkpoint import read_checkpoint
 import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from pathlib import Path
+from dataclasses import replace
 from ssm_explore.finetune import *
 from ssm_explore.freezing import *
 from ssm_explore.regimes import *
@@ -310,4 +311,15 @@ def test_grid_runs_both_variants_and_seeds_and_summarises_over_seeds(tmp_path, m
         assert g['summary'][v]['lora']['n_trainable']['mean'] < g['summary'][v]['full']['n_trainable']['mean']
     r0 = json.loads((tmp_path/'out'/'enc_seed0'/'results.json').read_text())
     assert r0['config']['variant'] == 'enc' and 'figures' in r0
-    assert '| enc | lora |' in (tmp_path/'out'/'grid.md').read_text()
+    md = (tmp_path/'out'/'grid.md').read_text()
+    assert '| enc | lora |' in md and '**bot**: target' in md
+    t = g['summary']['bot']['full']['test_tiles']
+    assert t['n'] == 2*cfg.n_test and t['lo'] <= t['mean'] <= t['hi']
+    assert set(g['target']) == {'bot', 'enc'} and set(g['target']['bot']) == {'lora'}
+    # a finished run is read back, not retrained or re-measured; a changed configuration is not taken for it
+    import ssm_explore.finetune_study as fs
+    def boom(*a, **k): raise AssertionError('ran again')
+    monkeypatch.setattr(fs, 'run_finetune_study', boom)
+    again = run_finetune_grid(tmp_path/'out', cfg, progress=False)
+    assert again['summary'] == json.loads(json.dumps(g['summary']))
+    assert fs._finished(tmp_path/'out'/'bot_seed0', replace(cfg, variant='bot', seed=0, lora_rank=4)) is None

@@ -19,7 +19,7 @@ def _parser():
     p = make_parser('ssm-explore finetune', 'U-Mamba on roads: from scratch, full fine-tuning, freezing and parameter-efficient regimes side by side.')
     p.add_argument('--out', default='finetune_report', help='output folder (resumes the runs found there)')
     p.add_argument('--quick', action='store_true', help='the ~1-minute version')
-    p.add_argument('--full', action='store_true', help='both U-Mamba variants x 3 seeds, mean ± sd over seeds (grid.md; hours on a CPU)')
+    p.add_argument('--full', action='store_true', help='both U-Mamba variants x 3 seeds, every regime but freeze_prefix, mean ± sd over seeds (grid.md; about an hour on a 2-core CPU; resumes)')
     p.add_argument('--roads', help='Massachusetts Roads folder (original {train,valid,test}/{sat,map} or mirror tiff/ layout)')
     p.add_argument('--pretrained', help="nnU-Net checkpoint_final.pth to fine-tune (default: pretrain on the synthetic source task); "
                                         "its plan sets the network, patch and batch size")
