@@ -87,6 +87,12 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=[float(s) for s in self.pool_op_kernel_size], mode=self.mode))
 
 # %% ../nbs/08_umamba.ipynb #0e2bcb69
+_ONEDNN_MIN_CHANNELS = 8   # below this, oneDNN's CPU backward of a strided conv on a channels-last map corrupts the heap
+
+def _conv_safe(y:torch.Tensor)->torch.Tensor:
+    "The layer's (B, C, H, W) output as the next convolution can take it: NCHW-contiguous on CPU for C < 8 (see below), else the view."
+    return y.contiguous() if y.device.type == 'cpu' and y.shape[1] < _ONEDNN_MIN_CHANNELS else y
+
 class MambaLayer(nn.Module):
     "LayerNorm + Mamba over the pixels (or, with `channel_token`, over the channels) of a (B, C, H, W) map; no residual."
     def __init__(self, dim:int, d_state:int=16, d_conv:int=4, expand:int=2, channel_token:bool=False):
@@ -104,7 +110,7 @@ class MambaLayer(nn.Module):
             raise ValueError(f"MambaLayer(dim={self.dim}) got a {tuple(x.shape)} map with {what}")
         with torch.autocast(x.device.type, enabled=False):
             if self.channel_token: return self.mamba(self.norm(x.flatten(2))).reshape(x.shape)
-            return self.mamba(self.norm(x.flatten(2).transpose(1, 2))).transpose(1, 2).reshape(x.shape)
+            return _conv_safe(self.mamba(self.norm(x.flatten(2).transpose(1, 2))).transpose(1, 2).reshape(x.shape))
 
 # %% ../nbs/08_umamba.ipynb #b9e8fd36
 class ResidualEncoder(nn.Module):

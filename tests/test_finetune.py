@@ -299,7 +299,6 @@ def test_lora_merge_equals_unmerged_on_both_variants():
 
 def test_grid_runs_both_variants_and_seeds_and_summarises_over_seeds(tmp_path, monkeypatch):
     monkeypatch.setenv('SSM_EXPLORE_CACHE', str(tmp_path/'cache'))
-    # 8 base features: a UMambaEnc with 4 aborts in backward with 1 thread (heap corruption, any scan backend; see the report)
     cfg = StudyConfig(patch=32, n_stages=3, base_features=8, max_features=32, batch_size=2, epochs=1, iters_per_epoch=2,
                       pretrain_epochs=1, n_train=2, n_val=1, n_test=1, tile=64, speed_rounds=1, lora_rank=2,
                       regimes=('full', 'lora'), variants=('bot', 'enc'), seeds=(0, 1))

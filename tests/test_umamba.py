@@ -185,3 +185,21 @@ def test_bench_cli_runs_and_reports_a_ratio(tmp_path, capsys):
     r = json.loads((tmp_path / 'b.json').read_text())
     assert r['tokens'] == 8 * 8 and r['step_ref'] > 0 and r['step_torch'] > 0 and r['ratio'] > 0
     assert r['backends'][-2:] == ['torch', 'ref'] and 0 < r['rest_share_cpu'] <= 1 and r['mamba_ratio'] > 0
+
+
+def test_smallest_umamba_enc_trains_at_one_thread():
+    "4 base features at 1 thread: before `_conv_safe` oneDNN's strided-conv backward corrupted the heap (abort or segfault)."
+    import subprocess, sys, textwrap
+    code = textwrap.dedent('''
+        import torch
+        from ssm_explore.umamba import umamba_enc_small
+        from ssm_explore.finetune import deep_supervision_loss
+        torch.manual_seed(0); torch.set_num_threads(1)
+        m = umamba_enc_small(3, 2, True, patch_size=(32, 32), n_stages=3, base_features=4, max_features=16)
+        x = torch.randn(2, 3, 32, 32); y = torch.randint(0, 2, (2, 32, 32))
+        for i in range(3): deep_supervision_loss(m(x), y).backward()
+        print('trained', sum(p.grad.abs().sum().item() > 0 for p in m.parameters() if p.grad is not None))
+    ''')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f'exit {r.returncode}: {r.stderr[-2000:]}'
+    assert r.stdout.startswith('trained ') and int(r.stdout.split()[1]) > 10
