@@ -462,6 +462,10 @@ def run_finetune_grid(out_dir, # report folder: one sub-folder per variant and s
                      )->dict:
     "`run_finetune_study` for every variant × seed of `cfg` (a finished one is read back); each regime as mean ± sd over seeds."
     cfg = cfg or StudyConfig.full(); out = Path(out_dir); runs = {}
+    if kw.get('pretrained') is not None:   # a checkpoint's network is one variant: the grid runs that one only
+        v = checkpoint_variant(read_checkpoint(kw['pretrained'], trust=kw.get('trust', False)))
+        if v not in cfg.variants: print(f"{kw['pretrained']} holds a UMamba{v.capitalize()}: the grid runs that variant only")
+        cfg = replace(cfg, variants=(v,))
     for v in cfg.variants:
         for s in cfg.seeds:
             c, d = replace(cfg, variant=v, seed=s), out/f'{v}_seed{s}'

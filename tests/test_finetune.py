@@ -322,3 +322,10 @@ def test_grid_runs_both_variants_and_seeds_and_summarises_over_seeds(tmp_path, m
     again = run_finetune_grid(tmp_path/'out', cfg, progress=False)
     assert again['summary'] == json.loads(json.dumps(g['summary']))
     assert fs._finished(tmp_path/'out'/'bot_seed0', replace(cfg, variant='bot', seed=0, lora_rank=4)) is None
+    # with --pretrained the checkpoint's network decides: only its variant runs
+    enc_ck = next(p for p in (tmp_path/'cache'/'finetune'/'pretrained').glob('*/checkpoint_final.pth')
+                  if checkpoint_variant(read_checkpoint(p)) == 'enc')
+    calls, res = [], json.loads((tmp_path/'out'/'enc_seed0'/'results.json').read_text())
+    monkeypatch.setattr(fs, 'run_finetune_study', lambda d, cfg, **k: calls.append((Path(d).name, cfg.variant, k['pretrained'])) or res)
+    g2 = run_finetune_grid(tmp_path/'out2', cfg, progress=False, pretrained=enc_ck)
+    assert calls == [('enc_seed0', 'enc', enc_ck), ('enc_seed1', 'enc', enc_ck)] and g2['variants'] == ['enc']
